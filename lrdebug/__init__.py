@@ -1,0 +1,31 @@
+"""lrdebug: record what your optimizers and LR schedulers really did, and find their misuse.
+
+``trace`` and ``effective_lr`` need torch; ``load``, ``findings`` and ``Report`` only read traces,
+so they import lazily and work where torch is not installed.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .events import Finding, LRDebugError, LRDebugWarning  # noqa: E402
+from .storage import TraceError, load  # noqa: E402
+
+__all__ = ["trace", "effective_lr", "load", "findings", "Report", "Finding", "LRDebugError",
+           "LRDebugWarning", "TraceError", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("trace", "effective_lr"):
+        from . import recorder
+
+        return getattr(recorder, name)
+    if name == "Report":
+        from .report import Report
+
+        return Report
+    if name == "findings":
+        from .checks import findings
+
+        return findings
+    raise AttributeError(f"module 'lrdebug' has no attribute {name!r}")

@@ -1,0 +1,340 @@
+"""The only code that touches torch internals: hooks and reversible class-level patches.
+
+``install(sink)`` observes every optimizer, scheduler, DataLoader and GradScaler in the process and
+reports to ``sink`` (the recorder registry); it returns a handle whose ``remove()`` restores every
+class and hook exactly as it was. Optimizers are observed through torch's global step hooks, never
+by assigning ``opt.step`` (``LRScheduler`` wraps the instance's ``step`` and warns when it is
+replaced, pytorch#20124). Schedulers have no hook API, so their methods are patched on the class,
+on every subclass that defines its own, and on subclasses defined later (``__init_subclass__``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import torch
+from torch.optim import Optimizer
+from torch.optim import lr_scheduler as _sched_mod
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+
+LRScheduler = _sched_mod.LRScheduler
+_MISSING = object()
+_now = time.perf_counter_ns
+
+
+class _Local(threading.local):
+    def __init__(self) -> None:
+        self.sched_stack: list[Any] = []  # schedulers whose step() is running, innermost last
+        self.init_stack: list[Any] = []  # schedulers / optimizers in their constructor
+        self.scaler_opt: Any = None  # optimizer GradScaler.step is running for
+        self.scaler_called = False
+
+
+_local = _Local()
+
+
+def current_local() -> _Local:
+    return _local
+
+
+class Patches:
+    """A list of (owner, name, original) to put back, in reverse order."""
+
+    def __init__(self) -> None:
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def set(self, owner: Any, name: str, value: Any) -> None:
+        self._undo.append((owner, name, owner.__dict__.get(name, _MISSING)))
+        setattr(owner, name, value)
+
+    def restore(self) -> None:
+        while self._undo:
+            owner, name, original = self._undo.pop()
+            if original is _MISSING:
+                try:
+                    delattr(owner, name)
+                except AttributeError:
+                    pass
+            else:
+                setattr(owner, name, original)
+
+
+def _subclasses(cls: type) -> list[type]:
+    seen, todo = [], [cls]
+    while todo:
+        c = todo.pop()
+        if c not in seen:
+            seen.append(c)
+            todo.extend(type.__subclasses__(c))
+    return seen
+
+
+class Installation:
+    """Everything installed for one sink; ``remove()`` is idempotent."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.patches = Patches()
+        self.handles: list[Any] = []
+        self._removed = False
+
+    # --------------------------------------------------------------------------- schedulers
+    def _wrap_sched_step(self, fn: Callable) -> Callable:
+        sink, local = self.sink, _local
+
+        def step(sched, *args, **kwargs):
+            stack = local.sched_stack
+            if stack and stack[-1] is sched:  # a subclass's step() calling super().step()
+                return fn(sched, *args, **kwargs)
+            parent = stack[-1] if stack else None
+            in_init = bool(local.init_stack)
+            stack.append(sched)
+            t0 = _now()
+            try:
+                return fn(sched, *args, **kwargs)
+            finally:
+                t1 = _now()
+                stack.pop()
+                metric = args[0] if args else kwargs.get("metrics")
+                sink.scheduler_step(sched, t0, t1, parent, in_init, metric)
+
+        step.__wrapped__ = fn
+        step.__name__ = getattr(fn, "__name__", "step")
+        step.__qualname__ = getattr(fn, "__qualname__", "step")
+        step.__doc__ = getattr(fn, "__doc__", None)
+        return step
+
+    def _wrap_sched_init(self, fn: Callable) -> Callable:
+        sink, local = self.sink, _local
+
+        def __init__(sched, *args, **kwargs):
+            local.init_stack.append(sched)
+            try:
+                fn(sched, *args, **kwargs)
+            finally:
+                local.init_stack.pop()
+            if not any(s is sched for s in local.init_stack):
+                sink.scheduler_init(sched)
+
+        __init__.__wrapped__ = fn
+        __init__.__doc__ = getattr(fn, "__doc__", None)
+        return __init__
+
+    def _wrap_get_lr(self, fn: Callable) -> Callable:
+        sink, local = self.sink, _local
+
+        def get_lr(sched, *args, **kwargs):
+            if not local.sched_stack and not local.init_stack:
+                sink.get_lr_call(sched)
+            return fn(sched, *args, **kwargs)
+
+        get_lr.__wrapped__ = fn
+        get_lr.__doc__ = getattr(fn, "__doc__", None)
+        return get_lr
+
+    def _wrap_sched_load(self, fn: Callable) -> Callable:
+        sink = self.sink
+
+        def load_state_dict(sched, *args, **kwargs):
+            out = fn(sched, *args, **kwargs)
+            sink.scheduler_load_state(sched)
+            return out
+
+        load_state_dict.__wrapped__ = fn
+        return load_state_dict
+
+    def _patch_scheduler_class(self, cls: type) -> None:
+        d = cls.__dict__
+        wrappers = {
+            "step": self._wrap_sched_step,
+            "__init__": self._wrap_sched_init,
+            "get_lr": self._wrap_get_lr,
+            "load_state_dict": self._wrap_sched_load,
+        }
+        for name, wrap in wrappers.items():
+            fn = d.get(name)
+            if callable(fn) and not getattr(fn, "_lrdebug_patched", False):
+                new = wrap(fn)
+                new._lrdebug_patched = True
+                self.patches.set(cls, name, new)
+
+    def _install_schedulers(self) -> None:
+        for cls in _subclasses(LRScheduler):
+            self._patch_scheduler_class(cls)
+        install = self
+        previous = LRScheduler.__dict__.get("__init_subclass__")
+
+        def __init_subclass__(cls, **kwargs):
+            if previous is not None:
+                previous.__func__(cls, **kwargs)
+            else:
+                super(LRScheduler, cls).__init_subclass__(**kwargs)
+            if not install._removed:
+                install._patch_scheduler_class(cls)
+
+        self.patches.set(LRScheduler, "__init_subclass__", classmethod(__init_subclass__))
+
+    # --------------------------------------------------------------------------- optimizers
+    def _install_optimizers(self) -> None:
+        sink, local = self.sink, _local
+        self.handles.append(register_optimizer_step_pre_hook(sink.optimizer_pre))
+        self.handles.append(register_optimizer_step_post_hook(sink.optimizer_post))
+
+        def wrap_zero_grad(fn):
+            def zero_grad(opt, *args, **kwargs):
+                t0 = _now()
+                out = fn(opt, *args, **kwargs)
+                sink.zero_grad(opt, "optimizer", t0, _now())
+                return out
+
+            zero_grad.__wrapped__ = fn
+            zero_grad.__doc__ = fn.__doc__
+            return zero_grad
+
+        for cls in _subclasses(Optimizer):
+            fn = cls.__dict__.get("zero_grad")
+            if callable(fn):
+                self.patches.set(cls, "zero_grad", wrap_zero_grad(fn))
+
+        module_zero_grad = torch.nn.Module.zero_grad
+
+        def module_zero_grad_wrapper(module, *args, **kwargs):
+            t0 = _now()
+            out = module_zero_grad(module, *args, **kwargs)
+            sink.zero_grad(module, "module", t0, _now())
+            return out
+
+        module_zero_grad_wrapper.__wrapped__ = module_zero_grad
+        module_zero_grad_wrapper.__doc__ = module_zero_grad.__doc__
+        self.patches.set(torch.nn.Module, "zero_grad", module_zero_grad_wrapper)
+
+        opt_init = Optimizer.__init__
+
+        def optimizer_init(opt, *args, **kwargs):
+            local.init_stack.append(opt)
+            try:
+                opt_init(opt, *args, **kwargs)
+            finally:
+                local.init_stack.pop()
+
+        optimizer_init.__wrapped__ = opt_init
+        self.patches.set(Optimizer, "__init__", optimizer_init)
+
+        add_group = Optimizer.add_param_group
+
+        def add_param_group(opt, *args, **kwargs):
+            out = add_group(opt, *args, **kwargs)
+            if not any(o is opt for o in local.init_stack):
+                sink.add_param_group(opt)
+            return out
+
+        add_param_group.__wrapped__ = add_group
+        add_param_group.__doc__ = add_group.__doc__
+        self.patches.set(Optimizer, "add_param_group", add_param_group)
+
+        load_state = Optimizer.load_state_dict
+
+        def load_state_dict(opt, *args, **kwargs):
+            out = load_state(opt, *args, **kwargs)
+            sink.optimizer_load_state(opt)
+            return out
+
+        load_state_dict.__wrapped__ = load_state
+        load_state_dict.__doc__ = load_state.__doc__
+        self.patches.set(Optimizer, "load_state_dict", load_state_dict)
+
+    # --------------------------------------------------------------------------- AMP, data
+    def _install_scaler(self) -> None:
+        sink, local = self.sink, _local
+        scaler_cls = torch.amp.GradScaler
+        scaler_step = scaler_cls.step
+
+        def step(scaler, optimizer, *args, **kwargs):
+            saved = local.scaler_opt, local.scaler_called
+            local.scaler_opt, local.scaler_called = optimizer, False
+            try:
+                out = scaler_step(scaler, optimizer, *args, **kwargs)
+                if not local.scaler_called and getattr(scaler, "_enabled", True):
+                    sink.optimizer_skipped(optimizer)
+                return out
+            finally:
+                local.scaler_opt, local.scaler_called = saved
+
+        step.__wrapped__ = scaler_step
+        step.__doc__ = scaler_step.__doc__
+        self.patches.set(scaler_cls, "step", step)
+
+    def _install_data(self) -> None:
+        sink = self.sink
+        from torch.utils.data import DataLoader
+        from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+        loader_iter = DataLoader.__iter__
+
+        def __iter__(loader):
+            it = loader_iter(loader)
+            sink.epoch_start(loader)
+            return it
+
+        __iter__.__wrapped__ = loader_iter
+        self.patches.set(DataLoader, "__iter__", __iter__)
+
+        next_batch = _BaseDataLoaderIter.__next__
+
+        def __next__(it):
+            t0 = _now()
+            try:
+                return next_batch(it)
+            finally:
+                sink.data_wait(_now() - t0)
+
+        __next__.__wrapped__ = next_batch
+        self.patches.set(_BaseDataLoaderIter, "__next__", __next__)
+
+    def install(self) -> Installation:
+        try:
+            self._install_optimizers()
+            self._install_schedulers()
+            self._install_scaler()
+            self._install_data()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        if self._removed:
+            return
+        self._removed = True
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.patches.restore()
+
+
+def install(sink: Any) -> Installation:
+    return Installation(sink).install()
+
+
+def is_pristine() -> bool:
+    """True when no lrdebug hook or patch is installed (used by the tests' autouse fixture)."""
+    from torch.optim import optimizer as opt_mod
+
+    if opt_mod._global_optimizer_pre_hooks or opt_mod._global_optimizer_post_hooks:
+        return False
+    classes = _subclasses(LRScheduler) + _subclasses(Optimizer) + [torch.nn.Module, torch.amp.GradScaler]
+    from torch.utils.data import DataLoader
+    from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+    classes += [DataLoader, _BaseDataLoaderIter]
+    for cls in classes:
+        for value in cls.__dict__.values():
+            fn = value.__func__ if isinstance(value, classmethod) else value
+            if getattr(fn, "__wrapped__", None) is not None and getattr(fn, "__module__", "") == __name__:
+                return False
+    return "__init_subclass__" not in LRScheduler.__dict__

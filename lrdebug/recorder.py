@@ -1,0 +1,1133 @@
+"""The ``trace()`` context manager: hook callbacks -> buffered event rows -> Parquet parts.
+
+The hot path (an optimizer step) reads the clock twice, the LR of every group once, looks the call
+site up in a cache, and appends one tuple of numbers to a list. Everything else — expanding rows per
+group, converting to Arrow, encoding Parquet — happens in the writer thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import os
+import sys
+import threading
+import time
+import uuid
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from . import __version__, patching
+from .events import (
+    ADD_PARAM_GROUP,
+    EPOCH_START,
+    GET_LR_CALL,
+    GRAD_FRESH,
+    GRAD_NONE,
+    GRAD_SAME,
+    OPTIMIZER_LOAD_STATE,
+    OPTIMIZER_STEP,
+    OPTIMIZER_STEP_SKIPPED,
+    ORIGIN_CHILD,
+    ORIGIN_INIT,
+    ORIGIN_USER,
+    SCHEDULER_INIT,
+    SCHEDULER_LOAD_STATE,
+    SCHEDULER_STEP,
+    SCHEMA_VERSION,
+    ZERO_GRAD,
+    Event,
+    Finding,
+    LRDebugError,
+    LRDebugWarning,
+)
+from .storage import PartWriter, TraceError, check_output_dir
+
+_now = time.perf_counter_ns
+_LRDEBUG_DIR = os.path.dirname(os.path.abspath(__file__))
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+_INTERNAL_PREFIXES = (_LRDEBUG_DIR + os.sep, _TORCH_DIR + os.sep)
+
+# ------------------------------------------------------------------------------ call sites
+# Keyed by (id(code), f_lasti): hashing a code object and reading f_lineno both cost microseconds
+# in long functions, so they are computed once per new site. Code objects are kept referenced so
+# their ids are never reused.
+_code_internal: dict[int, bool] = {}
+_codes_kept: list[Any] = []
+_site_ids: dict[tuple[int, int], int] = {}
+SITES: list[tuple[str, int, str]] = []
+_site_lock = threading.Lock()
+
+
+def _is_internal(code) -> bool:
+    internal = _code_internal.get(id(code))
+    if internal is None:
+        internal = os.path.abspath(code.co_filename).startswith(_INTERNAL_PREFIXES)
+        with _site_lock:
+            _codes_kept.append(code)
+            _code_internal[id(code)] = internal
+    return internal
+
+
+def call_site() -> int:
+    """Id of the first frame outside lrdebug and torch (-1 if there is none)."""
+    f = sys._getframe(1)
+    while f is not None and _is_internal(f.f_code):
+        f = f.f_back
+    if f is None:
+        return -1
+    key = (id(f.f_code), f.f_lasti)
+    sid = _site_ids.get(key)
+    if sid is None:
+        code = f.f_code
+        with _site_lock:
+            sid = _site_ids.get(key)
+            if sid is None:
+                _codes_kept.append(code)
+                SITES.append((code.co_filename, f.f_lineno or 0, code.co_name))
+                sid = len(SITES) - 1
+                _site_ids[key] = sid
+    return sid
+
+
+# ------------------------------------------------------------------------------ value helpers
+def _lr_value(v: Any) -> Any:
+    """A float for an LR, copied now: tensor LRs are updated in place by schedulers."""
+    if isinstance(v, torch.Tensor):
+        if v.device.type == "cpu":
+            return float(v)
+        return _Deferred(v)
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+class _Deferred:
+    """A device scalar copied without synchronising; read in the writer thread once it is ready."""
+
+    __slots__ = ("host", "event")
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.host = torch.empty((), dtype=t.dtype, device="cpu", pin_memory=True)
+        self.host.copy_(t.detach().reshape(()), non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record()
+
+    def resolve(self) -> float:
+        while not self.event.query():
+            time.sleep(0.0005)
+        return float(self.host)
+
+
+def _resolve(v: Any) -> Any:
+    return v.resolve() if isinstance(v, _Deferred) else v
+
+
+def _jsonable(v: Any, depth: int = 0) -> Any:
+    if isinstance(v, (bool, int, str)) or v is None:
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, torch.Tensor):
+        return _jsonable(float(v), depth) if v.numel() == 1 and v.device.type == "cpu" else f"tensor{tuple(v.shape)}"
+    if isinstance(v, (list, tuple)) and depth < 2:
+        return [_jsonable(x, depth + 1) for x in v][:64]
+    if callable(v):
+        return getattr(v, "__qualname__", type(v).__name__)
+    return type(v).__name__
+
+
+_SCHED_ATTRS = (
+    "last_epoch", "base_lrs", "T_max", "eta_min", "step_size", "gamma", "milestones", "total_steps",
+    "total_iters", "power", "T_0", "T_i", "T_mult", "factor", "start_factor", "end_factor", "patience",
+    "mode", "cooldown", "max_lrs", "total_size", "step_ratio", "epochs", "steps_per_epoch",
+)
+
+
+def _total_steps(opt) -> float | None:
+    """The step count kept in an optimizer's state (a resumed optimizer has one), read without a sync."""
+    for state in opt.state.values():
+        step = state.get("step") if isinstance(state, dict) else None
+        if step is None:
+            continue
+        if isinstance(step, torch.Tensor):
+            return float(step) if step.device.type == "cpu" else None
+        return float(step)
+    return None
+
+
+# ------------------------------------------------------------------------------ per-object state
+class _Opt:
+    __slots__ = ("index", "ref", "steps", "t0", "lrs", "site", "last_t", "grad_ref", "sampled", "info",
+                 "skipped", "cuda")
+
+    def __init__(self, index: int, opt) -> None:
+        self.index = index
+        self.ref = weakref.ref(opt)
+        self.steps = 0
+        self.skipped = 0
+        self.t0 = 0
+        self.lrs = ()
+        self.site = -1
+        self.last_t = 0
+        self.grad_ref = None
+        self.sampled = None
+        self.cuda = None
+        self.info: dict[str, Any] = {}
+
+
+class _Sched:
+    __slots__ = ("index", "ref", "opt", "info", "steps")
+
+    def __init__(self, index: int, sched, opt_index: int | None) -> None:
+        self.index = index
+        self.ref = weakref.ref(sched)
+        self.opt = opt_index
+        self.steps = 0
+        self.info: dict[str, Any] = {}
+
+
+# Row tuple layout (kept free of lists and dicts so the GC does not scan it):
+# (event, seq, t0, dur, opt, sched, step, site, lrs, grads, origin, parent, value, loader,
+#  iter_ns, data_wait, thread, extra)
+_NO_GROUPS = (None,)
+
+
+class Recorder:
+    """Records one trace. Created by ``trace()``; callbacks arrive from ``patching`` via ``_Sink``."""
+
+    def __init__(
+        self,
+        objects: Iterable[Any] = (),
+        out: str | os.PathLike | None = None,
+        strict: bool = False,
+        ignore: Iterable[str] = (),
+        sample_updates: int = 0,
+        cuda_timing: bool = False,
+        flush_rows: int = 65536,
+        flush_seconds: float = 5.0,
+        live_checks: bool = True,
+        summary: bool = True,
+    ) -> None:
+        self.explicit = list(objects)
+        self.strict = strict
+        self.ignore = frozenset(ignore)
+        self.sample_updates = int(sample_updates or 0)
+        self.cuda_timing = bool(cuda_timing) and torch.cuda.is_available()
+        self._cuda_timing_requested = bool(cuda_timing)
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.summary = summary
+        self.run_id = os.environ.get("LRDEBUG_RUN_ID") or _torchrun_run_id() or uuid.uuid4().hex
+        self.path = Path(out) if out is not None else _default_out()
+        self.buf: list[tuple] = []
+        self._seq = itertools.count()
+        self._opts: dict[int, _Opt] = {}
+        self._scheds: dict[int, _Sched] = {}
+        self._loaders: dict[int, int] = {}
+        self._opt_list: list[_Opt] = []
+        self._sched_list: list[_Sched] = []
+        self._registry_lock = threading.RLock()
+        self._data_wait = 0
+        self._filter: set[int] | None = None
+        self._instance_patches: list[tuple[Any, Any]] = []
+        self.enabled = False
+        self.closed = False
+        self.incomplete: str | None = None
+        self._error_reported = False
+        self._pid = os.getpid()
+        self.start_unix_ns = time.time_ns()
+        self._offset_ns = self.start_unix_ns - _now()
+        self._warned: set[tuple[str, str | None, int | None]] = set()
+        self.checker = None
+        if live_checks:
+            try:
+                from .checks import Checker
+
+                self.checker = Checker(ignore=self.ignore)
+            except ImportError:
+                self.checker = None
+        self.writer: PartWriter | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Recorder:
+        check_output_dir(self.path, self.run_id)
+        self.writer = PartWriter(
+            self.path,
+            drain=self._drain,
+            metadata=self.metadata,
+            rank=_rank,
+            run_id=self.run_id,
+            on_error=self._writer_failed,
+            interval_s=self.flush_seconds,
+        )
+        if self.explicit:
+            self._filter = set()
+            for obj in self.explicit:
+                self._add_explicit(obj)
+        if self._cuda_timing_requested and not self.cuda_timing:
+            print("lrdebug: cuda_timing=True but CUDA is not available; nothing to time", file=sys.stderr)
+        self.enabled = True
+        self.writer.start()
+        _SINK.add(self)
+        return self
+
+    def _add_explicit(self, obj: Any) -> None:
+        if isinstance(obj, torch.optim.Optimizer):
+            self._filter.add(id(obj))
+            self._opt_state(obj)
+        elif callable(getattr(obj, "step", None)) and hasattr(obj, "optimizer"):
+            self._filter.add(id(obj))
+            self._filter.add(id(obj.optimizer))
+            self._opt_state(obj.optimizer)
+            self._sched_state(obj)
+            for child in getattr(obj, "_schedulers", ()) or ():
+                self._add_explicit(child)
+            if not isinstance(obj, patching.LRScheduler):
+                self._patch_duck_scheduler(obj)
+        else:
+            raise TypeError(
+                f"lrdebug.trace() takes optimizers and schedulers (objects with step() and .optimizer), "
+                f"not {type(obj).__name__}"
+            )
+
+    def _patch_duck_scheduler(self, sched: Any) -> None:
+        """A hand-written scheduler class has no class to patch: wrap this instance's step()."""
+        original = sched.__dict__.get("step")
+        bound = sched.step
+        rec = self
+
+        def step(self_, *args, **kwargs):
+            t0 = _now()
+            try:
+                return bound(*args, **kwargs)
+            finally:
+                rec.scheduler_step(self_, t0, _now(), None, False, args[0] if args else None)
+
+        import types
+
+        sched.step = types.MethodType(step, sched)
+        self._instance_patches.append((sched, original))
+
+    def close(self, exc: BaseException | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        _SINK.remove(self)
+        for obj, original in self._instance_patches:
+            if original is None:
+                obj.__dict__.pop("step", None)
+            else:
+                obj.step = original
+        self._instance_patches.clear()
+        self.enabled = False
+        if os.getpid() != self._pid:
+            return
+        findings = []
+        if self.checker is not None:
+            try:
+                findings = self.checker.finish()
+            except Exception as e:  # noqa: BLE001
+                self._internal_error(f"checks failed: {type(e).__name__}: {e}")
+        reason = self.incomplete
+        if exc is not None and not isinstance(exc, (Exception, SystemExit)):
+            reason = reason or f"interrupted by {type(exc).__name__}"
+        if self.writer is not None:
+            self.writer.close(reason, [f.to_dict() for f in findings])
+        if self.summary:
+            print_summary(self, findings)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return list(self.checker.findings) if self.checker is not None else []
+
+    def effective_lr(self, optimizer=None) -> list[float]:
+        if optimizer is None:
+            live = [o.ref() for o in self._opt_list]
+            optimizer = next((o for o in live if o is not None), None)
+            if optimizer is None:
+                return []
+        return effective_lr(optimizer)
+
+    def dataframe(self):
+        """The events recorded so far (flushes first)."""
+        from .storage import load
+
+        if self.writer is not None and not self.closed:
+            self.writer.flush()
+        return load(self.path)
+
+    # ------------------------------------------------------------------ errors
+    def _writer_failed(self, reason: str) -> None:
+        self.incomplete = f"writing the trace failed: {reason}"
+        self.enabled = False
+        self.buf = []
+        self._report_once(f"lrdebug: cannot write the trace to {self.path}: {reason}; "
+                          "recording stopped, training continues")
+
+    def _internal_error(self, reason: str) -> None:
+        self.incomplete = self.incomplete or f"internal error: {reason}"
+        self._report_once(f"lrdebug: internal error ({reason}); recording stopped, training continues")
+        self.enabled = False
+
+    def _report_once(self, line: str) -> None:
+        if not self._error_reported:
+            self._error_reported = True
+            try:
+                print(line, file=sys.stderr, flush=True)
+            except Exception:  # noqa: BLE001
+                pass
+
+    # ------------------------------------------------------------------ registry
+    def _opt_state(self, opt) -> _Opt:
+        st = self._opts.get(id(opt))
+        if st is not None and st.ref() is opt:
+            return st
+        with self._registry_lock:
+            st = _Opt(len(self._opt_list), opt)
+            st.info = _optimizer_info(opt, st.index)
+            self._opt_list.append(st)
+            self._opts[id(opt)] = st
+        if self.checker is not None:
+            self.checker.register_optimizer(st.index, st.info)
+        return st
+
+    def _sched_state(self, sched) -> _Sched:
+        st = self._scheds.get(id(sched))
+        if st is not None and st.ref() is sched:
+            return st
+        opt = getattr(sched, "optimizer", None)
+        opt_index = self._opt_state(opt).index if isinstance(opt, torch.optim.Optimizer) else None
+        with self._registry_lock:
+            st = _Sched(len(self._sched_list), sched, opt_index)
+            self._sched_list.append(st)
+            self._scheds[id(sched)] = st
+            st.info = _scheduler_info(sched, st.index, opt_index)
+            children = [self._sched_state(c).index for c in getattr(sched, "_schedulers", ()) or ()]
+            if children:
+                st.info["children"] = children
+        if self.checker is not None:
+            self.checker.register_scheduler(st.index, st.info)
+        return st
+
+    def _wants(self, obj) -> bool:
+        return self._filter is None or id(obj) in self._filter
+
+    def metadata(self) -> dict[str, Any]:
+        with self._registry_lock:
+            optimizers = [dict(o.info) for o in self._opt_list]
+            for o, info in zip(self._opt_list, optimizers):
+                info["steps"] = o.steps
+                info["skipped"] = o.skipped
+            schedulers = [dict(s.info) for s in self._sched_list]
+            for s, info in zip(self._sched_list, schedulers):
+                info["steps"] = s.steps
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "lrdebug_version": __version__,
+            "torch_version": torch.__version__,
+            "python_version": sys.version.split()[0],
+            "argv": list(sys.argv),
+            "cwd": os.getcwd(),
+            "pid": self._pid,
+            "host": _hostname(),
+            "run_id": self.run_id,
+            "rank": _rank(),
+            "world_size": _world_size(),
+            "start_unix_ns": self.start_unix_ns,
+            "sample_updates": self.sample_updates,
+            "cuda_timing": self.cuda_timing,
+            "optimizers": optimizers,
+            "schedulers": schedulers,
+            "sites": len(SITES),
+        }
+
+    # ------------------------------------------------------------------ live checks
+    def _check(self, ev: Event) -> None:
+        checker = self.checker
+        if checker is None:
+            return
+        try:
+            new = checker.feed(ev)
+        except Exception as e:  # noqa: BLE001 - a bug in a rule must not stop training
+            self.checker = None
+            self._internal_error(f"a check failed: {type(e).__name__}: {e}")
+            return
+        for f in new:
+            self._report_finding(f)
+
+    def _report_finding(self, f: Finding) -> None:
+        if f.severity not in ("warning", "error") or f.code in self.ignore:
+            return
+        if self.strict:
+            raise LRDebugError(f"[{f.code}] {f.message}")
+        key = (f.code, f.file, f.line)
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        filename = f.file or "<unknown>"
+        warnings.warn_explicit(
+            f"[{f.code}] {f.message}",
+            LRDebugWarning,
+            filename,
+            f.line or 0,
+            module=os.path.splitext(os.path.basename(filename))[0],
+            registry={},
+        )
+
+    def _site_fields(self, site: int) -> tuple[str | None, int | None]:
+        if site < 0:
+            return None, None
+        file, line, _ = SITES[site]
+        return file, line
+
+    # ------------------------------------------------------------------ hot path: optimizer step
+    def optimizer_pre(self, opt, args, kwargs) -> None:
+        if not self.enabled or (self._filter is not None and id(opt) not in self._filter):
+            return
+        st = self._opts.get(id(opt))
+        if st is None or st.ref() is not opt:
+            st = self._opt_state(opt)
+        local = patching._local
+        if local.scaler_opt is opt:
+            local.scaler_called = True
+        groups = opt.param_groups
+        lrs = tuple([g["lr"] for g in groups])
+        for v in lrs:
+            if type(v) is not float:
+                lrs = tuple([_lr_value(x) for x in lrs])
+                break
+        st.lrs = lrs
+        st.site = call_site()
+        if self.sample_updates and (st.steps % self.sample_updates == 0):
+            st.sampled = _sample_before(groups)
+        if self.cuda_timing:
+            st.cuda = _cuda_start()
+        st.t0 = _now()
+
+    def optimizer_post(self, opt, args, kwargs) -> None:
+        t1 = _now()
+        if not self.enabled or (self._filter is not None and id(opt) not in self._filter):
+            return
+        st = self._opts.get(id(opt))
+        if st is None or st.t0 == 0:
+            return
+        t0, st.t0 = st.t0, 0
+        groups = opt.param_groups
+        extra = None
+        if st.cuda is not None:
+            extra = (_cuda_stop(st.cuda), None)
+            st.cuda = None
+        if st.sampled is not None:
+            extra = (extra[0] if extra else None, _sample_after(groups, st.sampled))
+            st.sampled = None
+        found_inf = getattr(opt, "found_inf", None)
+        skipped = False
+        if isinstance(found_inf, torch.Tensor):
+            # Fused optimizer under GradScaler: the kernel skipped the update when found_inf > 0.
+            if found_inf.device.type == "cpu":
+                skipped = float(found_inf) > 0
+        grads = _grad_states(groups, st)
+        iter_ns = t1 - st.last_t if st.last_t else None
+        st.last_t = t1
+        wait, self._data_wait = self._data_wait, 0
+        if skipped:
+            st.skipped += 1
+            event, step = OPTIMIZER_STEP_SKIPPED, st.steps + 1
+        else:
+            st.steps += 1
+            event, step = OPTIMIZER_STEP, st.steps
+        seq = next(self._seq)
+        self.buf.append((event, seq, t0, t1 - t0, st.index, None, step, st.site, st.lrs, grads, None, None,
+                         None, None, iter_ns, wait or None, None, extra))
+        if self.checker is not None:
+            file, line = self._site_fields(st.site)
+            self._check(Event(event, seq, optimizer=st.index, step=step, lrs=st.lrs, grads=grads,
+                              file=file, line=line, t_ns=t0))
+        if len(self.buf) >= self.flush_rows:
+            self.writer.wake()
+
+    def optimizer_skipped(self, opt) -> None:
+        """GradScaler found inf/NaN and did not call optimizer.step()."""
+        if not self.enabled or not self._wants(opt):
+            return
+        st = self._opt_state(opt)
+        t = _now()
+        lrs = tuple([_lr_value(g["lr"]) for g in opt.param_groups])
+        site = call_site()
+        st.skipped += 1
+        seq = next(self._seq)
+        self.buf.append((OPTIMIZER_STEP_SKIPPED, seq, t, 0, st.index, None, st.steps + 1, site, lrs, None,
+                         None, None, None, None, None, None, None, None))
+        file, line = self._site_fields(site)
+        self._check(Event(OPTIMIZER_STEP_SKIPPED, seq, optimizer=st.index, step=st.steps + 1, lrs=lrs,
+                          file=file, line=line, t_ns=t))
+
+    # ------------------------------------------------------------------ other events
+    def _append(self, event, t0, dur, opt=None, sched=None, step=None, site=-1, lrs=None, origin=None,
+                parent=None, value=None, loader=None) -> int:
+        seq = next(self._seq)
+        self.buf.append((event, seq, t0, dur, opt, sched, step, site, lrs, None, origin, parent, value,
+                         loader, None, None, None, None))
+        return seq
+
+    def scheduler_step(self, sched, t0, t1, parent, in_init, metric) -> None:
+        if not self.enabled or not self._wants(sched):
+            return
+        try:
+            st = self._sched_state(sched)
+            opt = getattr(sched, "optimizer", None)
+            ost = self._opt_state(opt) if isinstance(opt, torch.optim.Optimizer) else None
+            if in_init:
+                origin = ORIGIN_INIT
+            elif parent is not None and self._wants(parent):
+                origin = ORIGIN_CHILD
+            else:
+                origin = ORIGIN_USER
+            parent_index = self._sched_state(parent).index if parent is not None and self._wants(parent) else None
+            lrs = tuple([_lr_value(g["lr"]) for g in opt.param_groups]) if ost is not None else None
+            value = None
+            if metric is not None:
+                try:
+                    value = float(metric) if not isinstance(metric, torch.Tensor) or metric.device.type == "cpu" else None
+                except (TypeError, ValueError):
+                    value = None
+            if origin != ORIGIN_INIT:
+                st.steps += 1
+            site = call_site()
+            step = ost.steps if ost is not None else None
+            seq = self._append(SCHEDULER_STEP, t0, t1 - t0, ost.index if ost else None, st.index, step, site,
+                               lrs, origin, parent_index, value)
+        except Exception as e:  # noqa: BLE001
+            self._internal_error(f"{type(e).__name__}: {e}")
+            return
+        file, line = self._site_fields(site)
+        self._check(Event(SCHEDULER_STEP, seq, optimizer=ost.index if ost else None, scheduler=st.index,
+                          step=step, lrs=lrs or (), file=file, line=line, origin=origin, parent=parent_index,
+                          value=value, t_ns=t0))
+
+    def scheduler_init(self, sched) -> None:
+        if not self.enabled or not self._wants(sched):
+            return
+        st = self._sched_state(sched)
+        st.info = _scheduler_info(sched, st.index, st.opt) | {k: v for k, v in st.info.items() if k == "children"}
+        opt = getattr(sched, "optimizer", None)
+        opt_steps = _total_steps(opt) if isinstance(opt, torch.optim.Optimizer) else None
+        site = call_site()
+        lrs = tuple([_lr_value(g["lr"]) for g in opt.param_groups]) if st.opt is not None else None
+        t = _now()
+        seq = self._append(SCHEDULER_INIT, t, 0, st.opt, st.index, None, site, lrs, None, None, opt_steps)
+        file, line = self._site_fields(site)
+        if self.checker is not None:
+            self.checker.register_scheduler(st.index, st.info)
+        self._check(Event(SCHEDULER_INIT, seq, optimizer=st.opt, scheduler=st.index, lrs=lrs or (), file=file,
+                          line=line, value=opt_steps, t_ns=t))
+
+    def scheduler_load_state(self, sched) -> None:
+        if not self.enabled or not self._wants(sched):
+            return
+        st = self._sched_state(sched)
+        site = call_site()
+        value = float(getattr(sched, "last_epoch", 0) or 0)
+        t = _now()
+        seq = self._append(SCHEDULER_LOAD_STATE, t, 0, st.opt, st.index, None, site, None, None, None, value)
+        file, line = self._site_fields(site)
+        self._check(Event(SCHEDULER_LOAD_STATE, seq, optimizer=st.opt, scheduler=st.index, file=file, line=line,
+                          value=value, t_ns=t))
+
+    def get_lr_call(self, sched) -> None:
+        if not self.enabled or not self._wants(sched):
+            return
+        st = self._sched_state(sched)
+        site = call_site()
+        t = _now()
+        seq = self._append(GET_LR_CALL, t, 0, st.opt, st.index, None, site)
+        file, line = self._site_fields(site)
+        self._check(Event(GET_LR_CALL, seq, optimizer=st.opt, scheduler=st.index, file=file, line=line, t_ns=t))
+
+    def zero_grad(self, obj, origin, t0, t1) -> None:
+        if not self.enabled:
+            return
+        index = None
+        if origin == "optimizer":
+            if not self._wants(obj):
+                return
+            index = self._opt_state(obj).index
+        site = call_site()
+        seq = self._append(ZERO_GRAD, t0, t1 - t0, index, None, None, site, None, origin)
+        if self.checker is not None:
+            file, line = self._site_fields(site)
+            self._check(Event(ZERO_GRAD, seq, optimizer=index, file=file, line=line, origin=origin, t_ns=t0))
+
+    def add_param_group(self, opt) -> None:
+        if not self.enabled or not self._wants(opt):
+            return
+        st = self._opt_state(opt)
+        with self._registry_lock:
+            st.info = _optimizer_info(opt, st.index)
+        if self.checker is not None:
+            self.checker.register_optimizer(st.index, st.info)
+        site = call_site()
+        lrs = tuple([_lr_value(g["lr"]) for g in opt.param_groups])
+        t = _now()
+        seq = self._append(ADD_PARAM_GROUP, t, 0, st.index, None, st.steps, site, lrs, None, None,
+                           float(len(opt.param_groups)))
+        file, line = self._site_fields(site)
+        self._check(Event(ADD_PARAM_GROUP, seq, optimizer=st.index, step=st.steps, lrs=lrs, file=file, line=line,
+                          value=float(len(opt.param_groups)), t_ns=t))
+
+    def optimizer_load_state(self, opt) -> None:
+        if not self.enabled or not self._wants(opt):
+            return
+        st = self._opt_state(opt)
+        with self._registry_lock:
+            st.info = _optimizer_info(opt, st.index)
+        steps = _total_steps(opt)
+        site = call_site()
+        lrs = tuple([_lr_value(g["lr"]) for g in opt.param_groups])
+        t = _now()
+        seq = self._append(OPTIMIZER_LOAD_STATE, t, 0, st.index, None, st.steps, site, lrs, None, None, steps)
+        file, line = self._site_fields(site)
+        self._check(Event(OPTIMIZER_LOAD_STATE, seq, optimizer=st.index, step=st.steps, lrs=lrs, file=file,
+                          line=line, value=steps, t_ns=t))
+
+    def epoch_start(self, loader) -> None:
+        if not self.enabled:
+            return
+        index = self._loaders.get(id(loader))
+        if index is None:
+            index = self._loaders[id(loader)] = len(self._loaders)
+            weakref.finalize(loader, self._loaders.pop, id(loader), None)
+        site = call_site()
+        t = _now()
+        seq = self._append(EPOCH_START, t, 0, site=site, loader=index)
+        self._data_wait = 0
+        if self.checker is not None:
+            file, line = self._site_fields(site)
+            self._check(Event(EPOCH_START, seq, loader=index, file=file, line=line, t_ns=t))
+
+    def data_wait(self, ns: int) -> None:
+        self._data_wait += ns
+
+    # ------------------------------------------------------------------ writer thread
+    def _drain(self):
+        """Take the buffered rows (safe against concurrent appends) and expand them into columns."""
+        buf = self.buf
+        n = len(buf)
+        if n == 0:
+            return None
+        rows = buf[:n]
+        del buf[:n]
+        return expand_rows(rows, self._offset_ns, _rank())
+
+
+def expand_rows(rows: list[tuple], offset_ns: int, rank: int) -> tuple[dict[str, Any], int]:
+    """Turn buffered event tuples into per-group Arrow columns."""
+    import numpy as np
+    import pyarrow as pa
+
+    (event, seq, t0, dur, opt, sched, step, site, lrs, grads, origin, parent, value, loader, iter_ns, wait,
+     thread, extra) = zip(*rows)
+    lrs = [x if x is not None else _NO_GROUPS for x in lrs]
+    counts = np.fromiter(map(len, lrs), dtype=np.int64, count=len(rows))
+    total = int(counts.sum())
+    idx = pa.array(np.repeat(np.arange(len(rows)), counts))
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    has_groups = np.repeat(np.fromiter((x is not _NO_GROUPS for x in lrs), dtype=bool, count=len(rows)), counts)
+    group = np.arange(total) - starts
+    flat_lr = [_resolve(v) for v in itertools.chain.from_iterable(lrs)]
+    flat_grad = list(itertools.chain.from_iterable(
+        g if g is not None else (None,) * len(l) for g, l in zip(grads, lrs)))
+
+    def col(values, type_):
+        return pa.array(values, type=type_).take(idx)
+
+    files, lines, funcs = [], [], []
+    for s in site:
+        if s is None or s < 0:
+            files.append(None), lines.append(None), funcs.append(None)
+        else:
+            f, ln, fn = SITES[s]
+            files.append(f), lines.append(ln), funcs.append(fn)
+    t_abs = [t + offset_ns for t in t0]
+    columns: dict[str, Any] = {
+        "rank": pa.array(np.full(total, rank, dtype=np.int32)),
+        "seq": col(seq, pa.int64()),
+        "t_ns": col(t_abs, pa.int64()),
+        "event": col(event, pa.string()),
+        "optimizer": col(opt, pa.int32()),
+        "scheduler": col(sched, pa.int32()),
+        "group": pa.array(group.astype(np.int32), mask=~has_groups),
+        "step": col(step, pa.int64()),
+        "lr": pa.array(flat_lr, type=pa.float64()),
+        "dur_ns": col(dur, pa.int64()),
+        "file": col(files, pa.string()),
+        "line": col(lines, pa.int32()),
+        "func": col(funcs, pa.string()),
+        "origin": col(origin, pa.string()),
+        "parent": col(parent, pa.int32()),
+        "value": col(value, pa.float64()),
+        "grad": pa.array(flat_grad, type=pa.int8()),
+        "loader": col(loader, pa.int32()),
+        "iter_ns": col(iter_ns, pa.int64()),
+        "data_wait_ns": col(wait, pa.int64()),
+    }
+    if any(e is not None for e in extra):
+        per_group = {k: [None] * total for k in ("cuda_ns", "grad_norm", "param_norm", "update_norm",
+                                                  "update_ratio", "eff_lr")}
+        pos = 0
+        for e, c in zip(extra, counts.tolist()):
+            if e is not None:
+                cuda, norms = e
+                cuda = _resolve_cuda(cuda)
+                for g in range(c):
+                    per_group["cuda_ns"][pos + g] = cuda
+                    if norms is not None and g < len(norms):
+                        gn, pn, un = norms[g]
+                        per_group["grad_norm"][pos + g] = gn
+                        per_group["param_norm"][pos + g] = pn
+                        per_group["update_norm"][pos + g] = un
+                        per_group["update_ratio"][pos + g] = un / pn if pn else None
+                        per_group["eff_lr"][pos + g] = un / gn if gn else None
+            pos += c
+        columns.update(per_group)
+    return columns, total
+
+
+# ------------------------------------------------------------------------------ sampling, CUDA
+def _group_tensors(group):
+    params = [p for p in group["params"] if p.grad is not None]
+    return params, [p.grad for p in params]
+
+
+def _norm(tensors) -> Any:
+    if not tensors:
+        return None
+    norms = torch._foreach_norm([t.detach() for t in tensors])
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+
+
+def _sample_before(groups):
+    """Norms of grads and params and a copy of the params, before a sampled step."""
+    with torch.no_grad():
+        out = []
+        for g in groups:
+            params, grads = _group_tensors(g)
+            before = [p.detach().clone() for p in params]
+            out.append((params, before, _norm(grads), _norm(params)))
+        return out
+
+
+def _sample_after(groups, sampled):
+    with torch.no_grad():
+        result = []
+        for params, before, gn, pn in sampled:
+            if params:
+                diffs = torch._foreach_sub([p.detach() for p in params], before)
+                un = _norm(diffs)
+                result.append((float(gn), float(pn), float(un)))
+            else:
+                result.append((None, None, None))
+        return tuple(result)
+
+
+def _cuda_start():
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    return start, end
+
+
+def _cuda_stop(events):
+    events[1].record()
+    return events
+
+
+def _resolve_cuda(value):
+    if value is None or isinstance(value, int):
+        return value
+    start, end = value
+    while not end.query():
+        time.sleep(0.0005)
+    return int(start.elapsed_time(end) * 1e6)
+
+
+def _grad_states(groups, st: _Opt) -> tuple:
+    """Per group: no gradient, fresh gradient tensors, or the very tensor of the previous step."""
+    out = []
+    first = True
+    for g in groups:
+        state = GRAD_NONE
+        for p in g["params"]:
+            grad = p.grad
+            if grad is not None:
+                state = GRAD_FRESH
+                if first:
+                    first = False
+                    prev = st.grad_ref() if st.grad_ref is not None else None
+                    if prev is grad:
+                        state = GRAD_SAME
+                    st.grad_ref = weakref.ref(grad)
+                break
+        out.append(state)
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------ object info
+def _optimizer_info(opt, index: int) -> dict[str, Any]:
+    groups = []
+    for i, g in enumerate(opt.param_groups):
+        params = g.get("params", [])
+        groups.append({
+            "index": i,
+            "name": str(g["name"]) if g.get("name") is not None else None,
+            "params": len(params),
+            "numel": int(sum(p.numel() for p in params)),
+            "lr": _jsonable(g.get("lr")),
+        })
+    defaults = {k: _jsonable(v) for k, v in (getattr(opt, "defaults", {}) or {}).items()}
+    return {"index": index, "class": type(opt).__name__, "module": type(opt).__module__, "defaults": defaults,
+            "groups": groups}
+
+
+def _scheduler_info(sched, index: int, opt_index: int | None) -> dict[str, Any]:
+    params = {}
+    for name in _SCHED_ATTRS:
+        if hasattr(sched, name):
+            try:
+                params[name] = _jsonable(getattr(sched, name))
+            except Exception:  # noqa: BLE001
+                pass
+    if hasattr(sched, "_milestones"):
+        params["milestones"] = _jsonable(sched._milestones)
+    return {"index": index, "class": type(sched).__name__, "module": type(sched).__module__,
+            "optimizer": opt_index, "params": params}
+
+
+def effective_lr(optimizer) -> list[float]:
+    """Per param group, the LR the next ``optimizer.step()`` will use (a copy, as floats)."""
+    out = []
+    for g in optimizer.param_groups:
+        v = g["lr"]
+        out.append(float(v.detach().cpu()) if isinstance(v, torch.Tensor) else float(v))
+    return out
+
+
+# ------------------------------------------------------------------------------ environment
+def _torchrun_run_id() -> str | None:
+    if "TORCHELASTIC_RUN_ID" in os.environ and "MASTER_PORT" in os.environ:
+        return "torchrun-{}-{}-{}".format(os.environ["TORCHELASTIC_RUN_ID"], os.environ.get("MASTER_ADDR", ""),
+                                          os.environ["MASTER_PORT"])
+    return None
+
+
+def _rank() -> int:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return int(dist.get_rank())
+    except Exception:  # noqa: BLE001
+        pass
+    for var in ("RANK", "LOCAL_RANK"):
+        v = os.environ.get(var)
+        if v is not None and v.strip().isdigit():
+            return int(v)
+    return 0
+
+
+def _world_size() -> int:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return int(dist.get_world_size())
+    except Exception:  # noqa: BLE001
+        pass
+    v = os.environ.get("WORLD_SIZE", "1")
+    return int(v) if v.strip().isdigit() else 1
+
+
+@functools.lru_cache(maxsize=1)
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _default_out() -> Path:
+    shared = os.environ.get("LRDEBUG_TRACE_DIR")
+    if shared:
+        return Path(shared)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("lrdebug-traces") / f"{stamp}-{os.getpid()}"
+
+
+def print_summary(rec: Recorder, findings: list[Finding]) -> None:
+    """One screen on stderr at the end: where the trace is and what was found."""
+    try:
+        lines = [f"lrdebug: trace written to {rec.path}" + ("" if not rec.incomplete else f" (incomplete: {rec.incomplete})")]
+        shown = [f for f in findings if f.code not in rec.ignore]
+        order = {"error": 0, "warning": 1, "info": 2}
+        shown.sort(key=lambda f: (order.get(f.severity, 3), f.step or 0))
+        if shown:
+            lines.append(f"lrdebug: {len(shown)} finding(s):")
+            for f in shown[:12]:
+                where = f" at {f.file}:{f.line}" if f.file else ""
+                lines.append(f"  {f.severity:7} {f.code}{where} (x{f.count}): {f.message.splitlines()[0][:160]}")
+            if len(shown) > 12:
+                lines.append(f"  ... and {len(shown) - 12} more: lrdebug report {rec.path}")
+        else:
+            lines.append("lrdebug: no findings")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+# ------------------------------------------------------------------------------ dispatch
+class _Sink:
+    """The single installation of hooks and patches, shared by all active recorders."""
+
+    def __init__(self) -> None:
+        self.active: tuple[Recorder, ...] = ()
+        self.installation = None
+        self.lock = threading.Lock()
+
+    def add(self, rec: Recorder) -> None:
+        with self.lock:
+            if self.installation is None:
+                self.installation = patching.install(self)
+            self.active = self.active + (rec,)
+
+    def remove(self, rec: Recorder) -> None:
+        with self.lock:
+            self.active = tuple(r for r in self.active if r is not rec)
+            if not self.active and self.installation is not None:
+                self.installation.remove()
+                self.installation = None
+
+    def _fan(name: str):  # noqa: N805 - builds the forwarding methods below
+        def forward(self, *args):
+            for rec in self.active:
+                try:
+                    getattr(rec, name)(*args)
+                except (LRDebugError, LRDebugWarning):
+                    raise
+                except Warning:
+                    raise
+                except Exception as e:  # noqa: BLE001 - never kill the run
+                    rec._internal_error(f"{name}: {type(e).__name__}: {e}")
+
+        forward.__name__ = name
+        return forward
+
+    optimizer_skipped = _fan("optimizer_skipped")
+    scheduler_step = _fan("scheduler_step")
+    scheduler_init = _fan("scheduler_init")
+    scheduler_load_state = _fan("scheduler_load_state")
+    get_lr_call = _fan("get_lr_call")
+    zero_grad = _fan("zero_grad")
+    add_param_group = _fan("add_param_group")
+    optimizer_load_state = _fan("optimizer_load_state")
+    epoch_start = _fan("epoch_start")
+
+    def optimizer_pre(self, opt, args, kwargs):
+        for rec in self.active:
+            try:
+                rec.optimizer_pre(opt, args, kwargs)
+            except Exception as e:  # noqa: BLE001
+                rec._internal_error(f"optimizer_pre: {type(e).__name__}: {e}")
+
+    def optimizer_post(self, opt, args, kwargs):
+        for rec in self.active:
+            try:
+                rec.optimizer_post(opt, args, kwargs)
+            except (LRDebugError, Warning):
+                raise
+            except Exception as e:  # noqa: BLE001
+                rec._internal_error(f"optimizer_post: {type(e).__name__}: {e}")
+
+    def data_wait(self, ns):
+        for rec in self.active:
+            rec._data_wait += ns
+
+
+_SINK = _Sink()
+
+
+def _after_fork_in_child() -> None:
+    # Forked DataLoader workers and multiprocessing children record nothing and write nothing.
+    for rec in _SINK.active:
+        rec.enabled = False
+        rec.closed = True
+        rec.buf = []
+    _SINK.active = ()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ------------------------------------------------------------------------------ public API
+class trace:  # noqa: N801 - used like a function: `with lrdebug.trace(...)` / `@lrdebug.trace()`
+    """Record what the optimizers and schedulers do inside a block (or a decorated function).
+
+    ``trace(opt, sched, ...)`` records just those objects; ``trace()`` records every optimizer and
+    scheduler used in the block, including ones created inside it. Leaving the block flushes and
+    closes the trace and removes every hook and patch; exceptions propagate unchanged.
+    """
+
+    def __init__(self, *objects: Any, out: str | os.PathLike | None = None, strict: bool = False,
+                 ignore: Iterable[str] = (), sample_updates: int = 0, cuda_timing: bool = False,
+                 flush_rows: int = 65536, flush_seconds: float = 5.0, summary: bool = True) -> None:
+        if isinstance(ignore, str):
+            ignore = [c.strip() for c in ignore.split(",") if c.strip()]
+        self._kwargs = dict(out=out, strict=strict, ignore=tuple(ignore), sample_updates=sample_updates,
+                            cuda_timing=cuda_timing, flush_rows=flush_rows, flush_seconds=flush_seconds,
+                            summary=summary)
+        self._objects = objects
+        self.recorder: Recorder | None = None
+
+    def __enter__(self) -> trace:
+        if self.recorder is not None and not self.recorder.closed:
+            raise LRDebugError("this lrdebug.trace block is already active")
+        try:
+            self.recorder = Recorder(self._objects, **self._kwargs).start()
+        except TraceError as e:
+            raise LRDebugError(str(e)) from None
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        rec = self.recorder
+        if rec is not None:
+            rec.close(exc)
+        return None
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with trace(*self._objects, **self._kwargs) as t:
+                wrapper.last_trace = t
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    # live access
+    @property
+    def path(self) -> Path | None:
+        return self.recorder.path if self.recorder else None
+
+    @property
+    def findings(self) -> list[Finding]:
+        return self.recorder.findings if self.recorder else []
+
+    def effective_lr(self, optimizer=None) -> list[float]:
+        return self.recorder.effective_lr(optimizer) if self.recorder else []
+
+    def dataframe(self):
+        return self.recorder.dataframe() if self.recorder else None

@@ -1,0 +1,370 @@
+"""The trace on disk: complete Parquet parts written off the training thread, and the reader.
+
+Layout of a trace directory::
+
+    <trace>/rank=<r>/part-000000.parquet     complete Parquet files, written atomically (tmp + rename)
+    <trace>/rank=<r>/_lrdebug_status.json    run metadata, state (running/closed), completeness, findings
+
+Every part also carries the run metadata as JSON in its schema metadata, so the parts alone describe
+the run when a process was killed before writing its status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .events import COLUMNS, METADATA_KEY, SCHEMA, SCHEMA_MAJOR, SCHEMA_VERSION, STATUS_FILE
+
+_PART_RE = re.compile(r"^part-(\d+)\.parquet$")
+_RANK_RE = re.compile(r"^rank=(\d+)$")
+_DICT_COLUMNS = [f.name for f in SCHEMA if pa.types.is_dictionary(f.type)]
+_WRITE_OPTIONS = dict(
+    compression="zstd",
+    use_dictionary=_DICT_COLUMNS,
+    column_encoding={
+        "seq": "DELTA_BINARY_PACKED",
+        "t_ns": "DELTA_BINARY_PACKED",
+        "step": "DELTA_BINARY_PACKED",
+        "dur_ns": "DELTA_BINARY_PACKED",
+        "lr": "BYTE_STREAM_SPLIT",
+    },
+)
+
+
+class TraceError(Exception):
+    """Unusable trace input; the CLI prints it as one line and exits 2."""
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, default=str))
+    os.replace(tmp, path)
+
+
+def table_from_columns(columns: dict[str, Any], n: int, metadata: dict[str, Any]) -> pa.Table:
+    """Build a table of SCHEMA from a dict of column -> list/array; missing columns are null."""
+    arrays = []
+    for f in SCHEMA:
+        values = columns.get(f.name)
+        if values is None:
+            arrays.append(pa.nulls(n, f.type))
+        elif isinstance(values, pa.Array):
+            arrays.append(values if values.type == f.type else values.cast(f.type))
+        else:
+            arrays.append(pa.array(values, type=f.type))
+    meta = {METADATA_KEY: json.dumps(metadata, default=str).encode()}
+    return pa.Table.from_arrays(arrays, schema=SCHEMA.with_metadata(meta))
+
+
+class PartWriter:
+    """Writes the rows of one process as Parquet parts under ``<root>/rank=<r>/``.
+
+    A background thread calls ``drain()`` (which returns a column dict and row count, or None) every
+    ``interval_s`` seconds, or at once after ``wake()``; pyarrow encodes without the GIL, so the
+    training thread only pays for appending rows. Any failure is reported once through ``on_error``
+    and ends writing; the training never sees an exception from here.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        drain: Callable[[], tuple[dict[str, Any], int] | None],
+        metadata: Callable[[], dict[str, Any]],
+        rank: Callable[[], int],
+        run_id: str,
+        on_error: Callable[[str], None],
+        interval_s: float = 5.0,
+    ):
+        self.root = Path(root)
+        self._drain = drain
+        self._metadata = metadata
+        self._rank = rank
+        self.run_id = run_id
+        self._on_error = on_error
+        self.interval_s = interval_s
+        self.rank_dir: Path | None = None
+        self.parts = 0
+        self.rows = 0
+        self.failed: str | None = None
+        self._pid = os.getpid()
+        self._wake = threading.Event()
+        self._stop = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="lrdebug-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            if self._stop:
+                break
+            self.flush()
+
+    def flush(self) -> None:
+        """Drain the buffer and write it as one part (no-op once failed or in a forked child)."""
+        with self._lock:
+            if self.failed or os.getpid() != self._pid:
+                return
+            try:
+                got = self._drain()
+                if got is None:
+                    return
+                columns, n = got
+                self._write_part(columns, n)
+            except Exception as exc:  # noqa: BLE001 - never let the writer take training down
+                self._fail(f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, reason: str) -> None:
+        self.failed = reason
+        self._on_error(reason)
+
+    def _ensure_rank_dir(self) -> Path:
+        if self.rank_dir is None:
+            rank_dir = self.root / f"rank={self._rank()}"
+            claim_rank_dir(rank_dir, self.run_id)
+            self.rank_dir = rank_dir
+            self._write_status(state="running", complete=False, reason="the process has not closed the trace")
+        return self.rank_dir
+
+    def _write_part(self, columns: dict[str, Any], n: int) -> None:
+        rank_dir = self._ensure_rank_dir()
+        table = table_from_columns(columns, n, self._metadata())
+        name = f"part-{self.parts:06d}.parquet"
+        tmp = rank_dir / f".{name}.tmp"
+        pq.write_table(table, tmp, **_WRITE_OPTIONS)
+        os.replace(tmp, rank_dir / name)
+        self.parts += 1
+        self.rows += n
+
+    def _write_status(self, **fields: Any) -> None:
+        status = {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "parts": self.parts,
+            "rows": self.rows,
+            "meta": self._metadata(),
+        }
+        status.update(fields)
+        write_json_atomic(self._ensure_rank_dir() / STATUS_FILE, status)
+
+    def close(self, reason: str | None, findings: list[dict[str, Any]]) -> None:
+        """Stop the thread, write what is left and the closing status. Never raises."""
+        self._stop = True
+        self._wake.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+        if os.getpid() != self._pid:
+            return
+        self.flush()
+        with self._lock:
+            if self.failed and self.rank_dir is None:
+                return
+            incomplete = self.failed or reason
+            try:
+                self._write_status(
+                    state="closed",
+                    complete=not incomplete,
+                    reason=incomplete,
+                    end_unix_ns=time.time_ns(),
+                    findings=findings,
+                )
+            except Exception as exc:  # noqa: BLE001
+                if not self.failed:
+                    self._fail(f"{type(exc).__name__}: {exc}")
+
+
+def claim_rank_dir(rank_dir: Path, run_id: str) -> None:
+    """Create ``rank=<r>/`` for this run; refuse one that exists (never overwrite a trace)."""
+    root = rank_dir.parent
+    root.mkdir(parents=True, exist_ok=True)
+    for other in root.iterdir():
+        if not _RANK_RE.match(other.name):
+            continue
+        status = read_status(other)
+        if status is not None and status.get("run_id") not in (None, run_id):
+            raise TraceError(f"{root} holds a trace of another run; choose another output directory")
+    try:
+        rank_dir.mkdir()
+    except FileExistsError:
+        raise TraceError(f"{rank_dir} already exists; an existing trace is never overwritten") from None
+
+
+def check_output_dir(root: Path, run_id: str) -> None:
+    """Refuse, before training starts, an output directory that holds anything but this run's ranks."""
+    root = Path(root)
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise TraceError(f"{root} exists and is not a directory; choose another output directory (--out)")
+    for entry in root.iterdir():
+        status = read_status(entry) if _RANK_RE.match(entry.name) else None
+        if status is None or status.get("run_id") != run_id:
+            raise TraceError(
+                f"{root} already exists and is not empty; an existing trace is never overwritten: "
+                "choose another output directory (--out)"
+            )
+
+
+def read_status(rank_dir: Path) -> dict[str, Any] | None:
+    """The status JSON of one rank, or None when missing or unreadable."""
+    try:
+        data = json.loads((rank_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# ----------------------------------------------------------------------------------------- reader
+
+
+@dataclass
+class Trace:
+    """A trace read from disk: the rows, and per-rank metadata and state."""
+
+    path: Path
+    table: pa.Table
+    meta: dict[int, dict[str, Any]] = field(default_factory=dict)
+    status: dict[int, dict[str, Any]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def ranks(self) -> list[int]:
+        return sorted(set(self.meta) | set(self.status))
+
+    def to_pandas(self):
+        """Integer columns stay integers (nullable), strings become categoricals."""
+        import pandas as pd
+
+        nullable = {pa.int8(): pd.Int8Dtype(), pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
+        return self.table.to_pandas(types_mapper=nullable.get)
+
+
+def _check_version(version: Any, where: Path) -> None:
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        raise TraceError(f"{where}: unreadable schema version {version!r}") from None
+    if major > SCHEMA_MAJOR:
+        raise TraceError(
+            f"{where}: trace schema version {version} is newer than this lrdebug reads "
+            f"({SCHEMA_VERSION}); upgrade lrdebug"
+        )
+
+
+def _part_meta(schema: pa.Schema) -> dict[str, Any]:
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise ValueError("no lrdebug metadata")
+    meta = json.loads(raw)
+    if not isinstance(meta, dict):
+        raise ValueError("lrdebug metadata is not an object")
+    return meta
+
+
+def _conform(table: pa.Table, columns: list[str]) -> pa.Table:
+    """Cast a part to the current schema's columns: missing ones become null, others are dropped."""
+    arrays = []
+    for name in columns:
+        f = SCHEMA.field(name)
+        if name in table.column_names:
+            col = table.column(name)
+            arrays.append(col if col.type == f.type else col.cast(f.type))
+        else:
+            arrays.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(c) for c in columns]))
+
+
+def find_parts(root: Path) -> list[tuple[int, int, Path]]:
+    parts = []
+    for rank_dir in root.iterdir():
+        m = _RANK_RE.match(rank_dir.name)
+        if not m or not rank_dir.is_dir():
+            continue
+        for f in rank_dir.iterdir():
+            pm = _PART_RE.match(f.name)
+            if pm:
+                parts.append((int(m.group(1)), int(pm.group(1)), f))
+    return sorted(parts)
+
+
+def read_trace(path: str | os.PathLike, columns: list[str] | None = None) -> Trace:
+    """Read a trace directory; corrupt parts are skipped and named in ``Trace.skipped``."""
+    root = Path(path)
+    if not root.exists():
+        raise TraceError(f"{root}: no such trace")
+    if not root.is_dir():
+        raise TraceError(f"{root}: not a trace (expected a directory with rank=<r>/ partitions)")
+    try:
+        parts = find_parts(root)
+        rank_dirs = [d for d in root.iterdir() if _RANK_RE.match(d.name) and d.is_dir()]
+    except OSError as exc:
+        raise TraceError(f"{root}: cannot read: {exc.strerror or exc}") from None
+    if not rank_dirs:
+        if not any(root.iterdir()):
+            raise TraceError(f"{root}: empty directory, not a trace")
+        raise TraceError(f"{root}: not an lrdebug trace (no rank=<r>/ partitions)")
+    wanted = list(COLUMNS) if columns is None else [c for c in COLUMNS if c in columns]
+    trace = Trace(path=root, table=pa.Table.from_arrays([], schema=pa.schema([])))
+    for rank_dir in rank_dirs:
+        status = read_status(rank_dir)
+        if status is not None:
+            _check_version(status.get("schema_version", "1.0"), rank_dir / STATUS_FILE)
+            rank = int(_RANK_RE.match(rank_dir.name).group(1))
+            trace.status[rank] = status
+            if isinstance(status.get("meta"), dict):
+                trace.meta[rank] = status["meta"]
+    tables = []
+    for rank, _, part in parts:
+        try:
+            pf = pq.ParquetFile(part)
+            meta = _part_meta(pf.schema_arrow)
+        except Exception as exc:  # noqa: BLE001 - any unreadable part is skipped and named
+            trace.skipped.append(f"{part.relative_to(root)} ({_short(exc)})")
+            continue
+        _check_version(meta.get("schema_version", "1.0"), part)
+        try:
+            present = [c for c in wanted if c in pf.schema_arrow.names]
+            table = _conform(pf.read(columns=present), wanted)
+        except Exception as exc:  # noqa: BLE001
+            trace.skipped.append(f"{part.relative_to(root)} ({_short(exc)})")
+            continue
+        tables.append(table)
+        if rank not in trace.status or "meta" not in trace.status[rank]:
+            trace.meta[rank] = meta  # later parts carry the fuller object registry
+    if tables:
+        trace.table = pa.concat_tables(tables)
+    else:
+        trace.table = pa.schema([SCHEMA.field(c) for c in wanted]).empty_table()
+    if "rank" in wanted and "seq" in wanted and trace.table.num_rows:
+        trace.table = trace.table.sort_by([("rank", "ascending"), ("seq", "ascending")])
+    return trace
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
+
+
+def load(path: str | os.PathLike, columns: list[str] | None = None):
+    """All events of a trace, every rank, as a pandas DataFrame ordered by rank and seq."""
+    trace = read_trace(path, columns)
+    for note in trace.skipped:
+        print(f"lrdebug: skipped unreadable part {note}", file=sys.stderr)
+    return trace.to_pandas()
