@@ -1,0 +1,186 @@
+"""Command line: ``lrdebug run | report | diff | plot``; ``main(argv) -> exit status``.
+
+Exit statuses: ``run`` returns the target's own status; ``report`` 0, or 1 when a finding at or
+above ``--fail-on`` exists; ``diff`` 0 identical, 1 different; every command 2 for unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+from typing import Sequence
+
+from . import __version__
+
+
+class CommandError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _codes(text: str) -> list[str]:
+    from .events import CODES
+
+    codes = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in codes if c not in CODES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown finding code(s): {', '.join(unknown)}")
+    return codes
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, like every other bad input
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lrdebug", description="Record and check what PyTorch optimizers and LR schedulers did.")
+    parser.add_argument("--version", action="version", version=f"lrdebug {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a training script under lrdebug.trace()")
+    run.add_argument("--out", help="trace directory (default: ./lrdebug-traces/<time>-<pid>/)")
+    run.add_argument("--strict", action="store_true", help="raise LRDebugError at the first misuse")
+    run.add_argument("--ignore", type=_codes, default=[], help="comma-separated finding codes to silence")
+    run.add_argument("--sample-updates", type=_non_negative, default=0, metavar="N",
+                     help="measure the applied update every N optimizer steps (0: off)")
+    run.add_argument("--cuda-timing", action="store_true", help="time optimizer steps with CUDA events")
+    run.add_argument("-m", dest="module", help="run a module as `python -m` would")
+    run.add_argument("target", nargs=argparse.REMAINDER, help="script.py [args...] (or the module's args with -m)")
+
+    report = sub.add_parser("report", help="summarise a trace")
+    report.add_argument("trace", nargs="?", help="trace directory (default: newest under ./lrdebug-traces/)")
+    report.add_argument("--format", choices=["text", "json", "markdown"], default="text")
+    report.add_argument("--fail-on", choices=["error", "warning", "info", "never"], default="never",
+                        help="exit 1 when a finding at or above this severity exists")
+    report.add_argument("--width", type=int, default=None, help=argparse.SUPPRESS)
+
+    diff = sub.add_parser("diff", help="first step where two traces' learning rates differ")
+    diff.add_argument("trace_a")
+    diff.add_argument("trace_b")
+    diff.add_argument("--format", choices=["text", "json"], default="text")
+
+    plot = sub.add_parser("plot", help="plot the LR schedule to an image (needs lrdebug[plot])")
+    plot.add_argument("trace")
+    plot.add_argument("-o", "--output", required=True, help="output file: .png, .svg or .pdf")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return run_command(args)
+        from . import report
+
+        handler = {"report": report.report_command, "diff": report.diff_command, "plot": report.plot_command}
+        return handler[args.command](args)
+    except CommandError as e:
+        print(f"lrdebug {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # TraceError and friends from the readers
+        from .storage import TraceError
+
+        if isinstance(e, TraceError):
+            print(f"lrdebug {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the target exactly as ``python script.py args`` / ``python -m module args`` would."""
+    target = list(args.target)
+    if target[:1] == ["--"]:
+        target = target[1:]
+    if args.module is None and target[:1] == ["-m"]:
+        if len(target) < 2:
+            raise CommandError("-m needs a module name")
+        args.module, target = target[1], target[2:]
+    if args.module is None:
+        if not target:
+            raise CommandError("nothing to run: give a script (lrdebug run train.py) or a module (-m pkg.mod)")
+        script = target[0]
+        if not os.path.isfile(script):
+            raise CommandError(f"{script}: no such file")
+        argv = [script] + target[1:]
+    else:
+        argv = [args.module] + target
+
+    from .recorder import trace
+    from .storage import TraceError, check_output_dir
+
+    t = trace(out=args.out, strict=args.strict, ignore=args.ignore, sample_updates=args.sample_updates,
+              cuda_timing=args.cuda_timing)
+    try:
+        if args.out is not None:
+            check_output_dir(args.out, _run_id())
+    except TraceError as e:
+        raise CommandError(str(e)) from None
+
+    os.environ.setdefault("LRDEBUG_RUN_ID", _run_id())
+    saved_argv, saved_path0 = sys.argv, sys.path[0] if sys.path else None
+    sys.argv = argv
+    if args.module is None:
+        sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
+    else:
+        sys.path[0] = os.getcwd()
+    status = 0
+    try:
+        with t:
+            if args.module is None:
+                runpy.run_path(argv[0], run_name="__main__")
+            else:
+                runpy.run_module(args.module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        status = _exit_status(e.code)
+    except KeyboardInterrupt:
+        import traceback
+
+        traceback.print_exc()
+        status = 130
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        status = 1
+    finally:
+        sys.argv = saved_argv
+        if saved_path0 is not None:
+            sys.path[0] = saved_path0
+    return status
+
+
+def _run_id() -> str:
+    from .recorder import _torchrun_run_id
+
+    rid = os.environ.get("LRDEBUG_RUN_ID") or _torchrun_run_id()
+    if rid is None:
+        import uuid
+
+        rid = uuid.uuid4().hex
+        os.environ["LRDEBUG_RUN_ID"] = rid
+    return rid
+
+
+def _exit_status(code) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

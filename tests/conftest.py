@@ -1,0 +1,54 @@
+"""Shared fixtures: torch must be pristine (no lrdebug hook or patch) around every test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(autouse=True)
+def torch_is_pristine():
+    try:
+        import torch  # noqa: F401
+    except ImportError:  # the reader-only tests run where torch may be blocked
+        yield
+        return
+    from lrdebug import patching
+
+    assert patching.is_pristine(), "an lrdebug hook or patch was left installed before this test"
+    yield
+    assert patching.is_pristine(), "this test left an lrdebug hook or patch installed"
+
+
+def run_lrdebug(*args: str, cwd: Path | str | None = None, env: dict | None = None, timeout: float = 120,
+                module: bool = False) -> subprocess.CompletedProcess:
+    """Run the CLI in a subprocess, as the console script or as `python -m lrdebug`."""
+    full_env = dict(os.environ)
+    full_env.pop("LRDEBUG_RUN_ID", None)
+    full_env.pop("LRDEBUG_TRACE_DIR", None)
+    full_env["PYTHONUNBUFFERED"] = "1"
+    if env:
+        full_env.update(env)
+    if module:
+        cmd = [sys.executable, "-m", "lrdebug", *args]
+    else:
+        cmd = [str(Path(sys.executable).with_name("lrdebug")), *args]
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_python(*args: str, cwd: Path | str | None = None, env: dict | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    full_env.pop("LRDEBUG_RUN_ID", None)
+    full_env["PYTHONUNBUFFERED"] = "1"
+    if env:
+        full_env.update(env)
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
