@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import operator
 import os
 import sys
 import threading
@@ -20,6 +21,8 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+import pyarrow as pa
 import torch
 
 from . import __version__, patching
@@ -46,7 +49,10 @@ from .events import (
     LRDebugError,
     LRDebugWarning,
 )
+from .events import SCHEMA
 from .storage import PartWriter, TraceError, check_output_dir
+
+_SCHEMA_TYPES = {f.name: f.type for f in SCHEMA}
 
 _now = time.perf_counter_ns
 _LRDEBUG_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -226,7 +232,8 @@ class Recorder:
         self.summary = summary
         self.run_id = os.environ.get("LRDEBUG_RUN_ID") or _torchrun_run_id() or uuid.uuid4().hex
         self.path = Path(out) if out is not None else _default_out()
-        self.buf: list[tuple] = []
+        self.buf: list[tuple] = []  # optimizer steps: the hot path, narrow rows
+        self.other: list[tuple] = []  # every other event
         self._seq = itertools.count()
         self._opts: dict[int, _Opt] = {}
         self._scheds: dict[int, _Sched] = {}
@@ -544,8 +551,8 @@ class Recorder:
             st.steps += 1
             event, step = OPTIMIZER_STEP, st.steps
         seq = next(self._seq)
-        self.buf.append((event, seq, t0, t1 - t0, st.index, None, step, st.site, st.lrs, grads, None, None,
-                         None, None, iter_ns, wait or None, None, extra))
+        self.buf.append((event, seq, t0, t1 - t0, st.index, step, st.site, st.lrs, grads, iter_ns, wait or None,
+                         extra))
         if self.checker is not None:
             file, line = self._site_fields(st.site)
             self._check(Event(event, seq, optimizer=st.index, step=step, lrs=st.lrs, grads=grads,
@@ -563,7 +570,7 @@ class Recorder:
         site = call_site()
         st.skipped += 1
         seq = next(self._seq)
-        self.buf.append((OPTIMIZER_STEP_SKIPPED, seq, t, 0, st.index, None, st.steps + 1, site, lrs, None,
+        self.other.append((OPTIMIZER_STEP_SKIPPED, seq, t, 0, st.index, None, st.steps + 1, site, lrs, None,
                          None, None, None, None, None, None, None, None))
         file, line = self._site_fields(site)
         self._check(Event(OPTIMIZER_STEP_SKIPPED, seq, optimizer=st.index, step=st.steps + 1, lrs=lrs,
@@ -573,8 +580,8 @@ class Recorder:
     def _append(self, event, t0, dur, opt=None, sched=None, step=None, site=-1, lrs=None, origin=None,
                 parent=None, value=None, loader=None) -> int:
         seq = next(self._seq)
-        self.buf.append((event, seq, t0, dur, opt, sched, step, site, lrs, None, origin, parent, value,
-                         loader, None, None, None, None))
+        self.other.append((event, seq, t0, dur, opt, sched, step, site, lrs, None, origin, parent, value,
+                           loader, None, None, None, None))
         return seq
 
     def scheduler_step(self, sched, t0, t1, parent, in_init, metric) -> None:
@@ -717,86 +724,181 @@ class Recorder:
 
     # ------------------------------------------------------------------ writer thread
     def _drain(self):
-        """Take the buffered rows (safe against concurrent appends) and expand them into columns."""
-        buf = self.buf
-        n = len(buf)
-        if n == 0:
+        """Take the buffered rows (safe against concurrent appends: only whole prefixes are removed)."""
+        steps, other = self.buf, self.other
+        n_steps, n_other = len(steps), len(other)
+        if n_steps == 0 and n_other == 0:
             return None
-        rows = buf[:n]
-        del buf[:n]
-        return expand_rows(rows, self._offset_ns, _rank())
+        step_rows, other_rows = steps[:n_steps], other[:n_other]
+        del steps[:n_steps]
+        del other[:n_other]
+        return columns_from_rows(step_rows, other_rows, self._offset_ns, _rank())
+
+
+def columns_from_rows(step_rows: list[tuple], other_rows: list[tuple], offset_ns: int,
+                      rank: int) -> tuple[dict[str, Any], int]:
+    """Expand both buffers into one column dict of chunked arrays (readers sort by seq)."""
+    import gc
+
+    was_enabled = gc.isenabled()
+    gc.disable()  # millions of short-lived tuples: a collection pass here is pure waste
+    try:
+        parts = []
+        if step_rows:
+            parts.append(expand_steps(step_rows, offset_ns, rank))
+        if other_rows:
+            parts.append(expand_rows(other_rows, offset_ns, rank))
+    finally:
+        if was_enabled:
+            gc.enable()
+    if len(parts) == 1:
+        return parts[0]
+    (a, na), (b, nb) = parts
+    names = set(a) | set(b)
+    columns = {}
+    for name in names:
+        chunks = []
+        for cols, n in ((a, na), (b, nb)):
+            arr = cols.get(name)
+            chunks.append(arr if arr is not None else pa.nulls(n, _SCHEMA_TYPES[name]))
+        types = {c.type for c in chunks}
+        if len(types) > 1:
+            chunks = [c.cast(_SCHEMA_TYPES[name]) for c in chunks]
+        columns[name] = pa.chunked_array(chunks)
+    return columns, na + nb
+
+
+def _column(rows: list[tuple], i: int) -> list:
+    return list(map(operator.itemgetter(i), rows))
+
+
+def expand_steps(rows: list[tuple], offset_ns: int, rank: int) -> tuple[dict[str, Any], int]:
+    """Optimizer-step rows ``(event, seq, t0, dur, opt, step, site, lrs, grads, iter_ns, wait, extra)``."""
+    n = len(rows)
+    lrs = _column(rows, 7)
+    counts = np.fromiter(map(len, lrs), dtype=np.int64, count=n)
+    total = int(counts.sum())
+    uniform = total == n
+    idx = None if uniform else pa.array(np.repeat(np.arange(n), counts))
+
+    def ints(i, type_=pa.int64()):
+        arr = pa.array(np.fromiter(map(operator.itemgetter(i), rows), dtype=np.int64, count=n)).cast(type_)
+        return arr if uniform else arr.take(idx)
+
+    def maybe(i, type_):
+        arr = pa.array(_column(rows, i), type=type_)
+        return arr if uniform else arr.take(idx)
+
+    flat_lr = list(itertools.chain.from_iterable(lrs))
+    try:
+        lr = pa.array(flat_lr, type=pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        lr = pa.array([_resolve(v) for v in flat_lr], type=pa.float64())
+    if uniform:
+        group = pa.array(np.zeros(n, dtype=np.int32))
+    else:
+        group = pa.array((np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)).astype(np.int32))
+    grads = _column(rows, 8)
+    site = np.fromiter(map(operator.itemgetter(6), rows), dtype=np.int32, count=n)
+    file_col, line_col, func_col = _site_columns(site)
+    t_abs = np.fromiter(map(operator.itemgetter(2), rows), dtype=np.int64, count=n) + offset_ns
+    event = pa.array(_column(rows, 0), pa.string()).dictionary_encode()
+    take = (lambda a: a) if uniform else (lambda a: a.take(idx))
+    columns: dict[str, Any] = {
+        "rank": pa.array(np.full(total, rank, dtype=np.int32)),
+        "seq": ints(1),
+        "t_ns": take(pa.array(t_abs)),
+        "event": take(event),
+        "optimizer": ints(4, pa.int32()),
+        "group": group,
+        "step": ints(5),
+        "lr": lr,
+        "dur_ns": ints(3),
+        "file": take(file_col),
+        "line": take(line_col),
+        "func": take(func_col),
+        "grad": pa.array(list(itertools.chain.from_iterable(grads)), type=pa.int8()),
+        "iter_ns": maybe(9, pa.int64()),
+        "data_wait_ns": maybe(10, pa.int64()),
+    }
+    extra = _column(rows, 11)
+    if extra.count(None) != n:
+        columns.update(_extra_columns(extra, counts, total))
+    return columns, total
+
+
+def _site_columns(site: np.ndarray):
+    """file/line/func as dictionary arrays indexed by site id: strings looked up once per site."""
+    ids = pa.array(site, mask=site < 0, type=pa.int32())
+    sites = SITES[: int(site.max()) + 1] if len(site) and site.max() >= 0 else []
+    files = pa.DictionaryArray.from_arrays(ids, pa.array([s[0] for s in sites], pa.string()))
+    funcs = pa.DictionaryArray.from_arrays(ids, pa.array([s[2] for s in sites], pa.string()))
+    lines = pa.array([s[1] for s in sites], pa.int32()).take(ids)
+    return files, lines, funcs
+
+
+def _extra_columns(extra: list, counts: np.ndarray, total: int) -> dict[str, list]:
+    """Sampled update norms and CUDA times, per group, for the rows that have them."""
+    per_group = {k: [None] * total for k in ("cuda_ns", "grad_norm", "param_norm", "update_norm",
+                                              "update_ratio", "eff_lr")}
+    pos = 0
+    for e, c in zip(extra, counts.tolist()):
+        if e is not None:
+            cuda, norms = e
+            cuda = _resolve_cuda(cuda)
+            for g in range(c):
+                per_group["cuda_ns"][pos + g] = cuda
+                if norms is not None and g < len(norms):
+                    gn, pn, un = norms[g]
+                    per_group["grad_norm"][pos + g] = gn
+                    per_group["param_norm"][pos + g] = pn
+                    per_group["update_norm"][pos + g] = un
+                    per_group["update_ratio"][pos + g] = un / pn if (pn and un is not None) else None
+                    per_group["eff_lr"][pos + g] = un / gn if (gn and un is not None) else None
+        pos += c
+    return per_group
 
 
 def expand_rows(rows: list[tuple], offset_ns: int, rank: int) -> tuple[dict[str, Any], int]:
-    """Turn buffered event tuples into per-group Arrow columns."""
-    import numpy as np
-    import pyarrow as pa
-
+    """Generic event rows (everything but optimizer steps) into per-group columns."""
+    n = len(rows)
     (event, seq, t0, dur, opt, sched, step, site, lrs, grads, origin, parent, value, loader, iter_ns, wait,
      thread, extra) = zip(*rows)
-    lrs = [x if x is not None else _NO_GROUPS for x in lrs]
-    counts = np.fromiter(map(len, lrs), dtype=np.int64, count=len(rows))
+    lrs = [_NO_GROUPS if x is None else x for x in lrs]
+    counts = np.fromiter(map(len, lrs), dtype=np.int64, count=n)
     total = int(counts.sum())
-    idx = pa.array(np.repeat(np.arange(len(rows)), counts))
-    starts = np.repeat(np.cumsum(counts) - counts, counts)
-    has_groups = np.repeat(np.fromiter((x is not _NO_GROUPS for x in lrs), dtype=bool, count=len(rows)), counts)
-    group = np.arange(total) - starts
-    flat_lr = [_resolve(v) for v in itertools.chain.from_iterable(lrs)]
-    flat_grad = list(itertools.chain.from_iterable(
-        g if g is not None else (None,) * len(l) for g, l in zip(grads, lrs)))
+    idx = pa.array(np.repeat(np.arange(n), counts))
 
     def col(values, type_):
         return pa.array(values, type=type_).take(idx)
 
-    files, lines, funcs = [], [], []
-    for s in site:
-        if s is None or s < 0:
-            files.append(None), lines.append(None), funcs.append(None)
-        else:
-            f, ln, fn = SITES[s]
-            files.append(f), lines.append(ln), funcs.append(fn)
-    t_abs = [t + offset_ns for t in t0]
+    grouped = np.repeat(np.fromiter(map(_NO_GROUPS.__ne__, lrs), dtype=bool, count=n), counts)
+    group = (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)).astype(np.int32)
+    flat_lr = [_resolve(v) for v in itertools.chain.from_iterable(lrs)]
+    grads = [(None,) * c if g is None else g for g, c in zip(grads, counts.tolist())]
+    file_col, line_col, func_col = _site_columns(np.array(site, dtype=np.int32))
     columns: dict[str, Any] = {
         "rank": pa.array(np.full(total, rank, dtype=np.int32)),
         "seq": col(seq, pa.int64()),
-        "t_ns": col(t_abs, pa.int64()),
-        "event": col(event, pa.string()),
+        "t_ns": pa.array(np.array(t0, dtype=np.int64) + offset_ns).take(idx),
+        "event": pa.array(event, pa.string()).dictionary_encode().take(idx),
         "optimizer": col(opt, pa.int32()),
         "scheduler": col(sched, pa.int32()),
-        "group": pa.array(group.astype(np.int32), mask=~has_groups),
+        "group": pa.array(group, mask=~grouped),
         "step": col(step, pa.int64()),
         "lr": pa.array(flat_lr, type=pa.float64()),
         "dur_ns": col(dur, pa.int64()),
-        "file": col(files, pa.string()),
-        "line": col(lines, pa.int32()),
-        "func": col(funcs, pa.string()),
+        "file": file_col.take(idx),
+        "line": line_col.take(idx),
+        "func": func_col.take(idx),
         "origin": col(origin, pa.string()),
         "parent": col(parent, pa.int32()),
         "value": col(value, pa.float64()),
-        "grad": pa.array(flat_grad, type=pa.int8()),
+        "grad": pa.array(list(itertools.chain.from_iterable(grads)), type=pa.int8()),
         "loader": col(loader, pa.int32()),
-        "iter_ns": col(iter_ns, pa.int64()),
-        "data_wait_ns": col(wait, pa.int64()),
     }
     if any(e is not None for e in extra):
-        per_group = {k: [None] * total for k in ("cuda_ns", "grad_norm", "param_norm", "update_norm",
-                                                  "update_ratio", "eff_lr")}
-        pos = 0
-        for e, c in zip(extra, counts.tolist()):
-            if e is not None:
-                cuda, norms = e
-                cuda = _resolve_cuda(cuda)
-                for g in range(c):
-                    per_group["cuda_ns"][pos + g] = cuda
-                    if norms is not None and g < len(norms):
-                        gn, pn, un = norms[g]
-                        per_group["grad_norm"][pos + g] = gn
-                        per_group["param_norm"][pos + g] = pn
-                        per_group["update_norm"][pos + g] = un
-                        per_group["update_ratio"][pos + g] = un / pn if pn else None
-                        per_group["eff_lr"][pos + g] = un / gn if gn else None
-            pos += c
-        columns.update(per_group)
+        columns.update(_extra_columns(list(extra), counts, total))
     return columns, total
 
 

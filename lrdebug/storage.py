@@ -59,7 +59,7 @@ def table_from_columns(columns: dict[str, Any], n: int, metadata: dict[str, Any]
         values = columns.get(f.name)
         if values is None:
             arrays.append(pa.nulls(n, f.type))
-        elif isinstance(values, pa.Array):
+        elif isinstance(values, (pa.Array, pa.ChunkedArray)):
             arrays.append(values if values.type == f.type else values.cast(f.type))
         else:
             arrays.append(pa.array(values, type=f.type))
