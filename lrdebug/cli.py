@@ -139,7 +139,8 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         with t:
             if args.module is None:
-                runpy.run_path(argv[0], run_name="__main__")
+                # python makes the script's __file__ absolute (cwd joined, not normalised); so do we
+                runpy.run_path(os.path.join(os.getcwd(), argv[0]), run_name="__main__")
             else:
                 runpy.run_module(args.module, run_name="__main__", alter_sys=True)
     except SystemExit as e:
