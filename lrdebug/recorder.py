@@ -83,7 +83,13 @@ def _is_internal(code) -> bool:
 def call_site() -> int:
     """Id of the first frame outside lrdebug and torch (-1 if there is none)."""
     f = sys._getframe(1)
-    while f is not None and _is_internal(f.f_code):
+    known = _code_internal.get
+    while f is not None:
+        internal = known(id(f.f_code))
+        if internal is None:
+            internal = _is_internal(f.f_code)
+        if not internal:
+            break
         f = f.f_back
     if f is None:
         return -1
@@ -115,20 +121,26 @@ def _lr_value(v: Any) -> Any:
 
 
 class _Deferred:
-    """A device scalar copied without synchronising; read in the writer thread once it is ready."""
+    """A device scalar (or small vector) copied without synchronising; read in the writer thread once
+    it is ready. ``seen`` turns on the conversion of live events (the live rules get None for it)."""
 
     __slots__ = ("host", "event")
+    seen = False
 
     def __init__(self, t: torch.Tensor) -> None:
-        self.host = torch.empty((), dtype=t.dtype, device="cpu", pin_memory=True)
-        self.host.copy_(t.detach().reshape(()), non_blocking=True)
+        t = t.detach()
+        if t.numel() == 1:
+            t = t.reshape(())
+        self.host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+        self.host.copy_(t, non_blocking=True)
         self.event = torch.cuda.Event()
         self.event.record()
+        _Deferred.seen = True
 
-    def resolve(self) -> float:
+    def resolve(self) -> float | tuple:
         while not self.event.query():
             time.sleep(0.0005)
-        return float(self.host)
+        return float(self.host) if self.host.dim() == 0 else tuple(self.host.tolist())
 
 
 def _resolve(v: Any) -> Any:
@@ -171,7 +183,7 @@ def _total_steps(opt) -> float | None:
 # ------------------------------------------------------------------------------ per-object state
 class _Opt:
     __slots__ = ("index", "ref", "steps", "t0", "lrs", "site", "last_t", "grad_ref", "sampled", "info",
-                 "skipped", "cuda")
+                 "skipped", "cuda", "scaled")
 
     def __init__(self, index: int, opt) -> None:
         self.index = index
@@ -185,6 +197,7 @@ class _Opt:
         self.grad_ref = None
         self.sampled = None
         self.cuda = None
+        self.scaled = False
         self.info: dict[str, Any] = {}
 
 
@@ -378,6 +391,11 @@ class Recorder:
         self._report_once(f"lrdebug: cannot write the trace to {self.path}: {reason}; "
                           "recording stopped, training continues")
 
+    def _sampling_failed(self, e: Exception) -> None:
+        self.sample_updates = 0
+        print(f"lrdebug: sample_updates stopped ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+              "recording continues", file=sys.stderr, flush=True)
+
     def _internal_error(self, reason: str) -> None:
         self.incomplete = self.incomplete or f"internal error: {reason}"
         self._report_once(f"lrdebug: internal error ({reason}); recording stopped, training continues")
@@ -460,6 +478,9 @@ class Recorder:
         checker = self.checker
         if checker is None:
             return
+        if _Deferred.seen and ev.lrs:
+            # A device LR is read later, without a sync: the live rules see None for it.
+            ev = ev._replace(lrs=tuple([None if type(v) is _Deferred else v for v in ev.lrs]))
         try:
             new = checker.feed(ev)
         except Exception as e:  # noqa: BLE001 - a bug in a rule must not stop training
@@ -502,7 +523,8 @@ class Recorder:
         if st is None or st.ref() is not opt:
             st = self._opt_state(opt)
         local = patching._local
-        if local.scaler_opt is opt:
+        st.scaled = local.scaler_opt is opt
+        if st.scaled:
             local.scaler_called = True
         groups = opt.param_groups
         lrs = tuple([g["lr"] for g in groups])
@@ -513,7 +535,10 @@ class Recorder:
         st.lrs = lrs
         st.site = call_site()
         if self.sample_updates and (st.steps % self.sample_updates == 0):
-            st.sampled = _sample_before(groups)
+            try:
+                st.sampled = _sample_before(groups, getattr(opt, "grad_scale", None))
+            except Exception as e:  # noqa: BLE001 - an unusual tensor type stops sampling, not recording
+                self._sampling_failed(e)
         if self.cuda_timing:
             st.cuda = _cuda_start()
         st.t0 = _now()
@@ -532,13 +557,16 @@ class Recorder:
             extra = (_cuda_stop(st.cuda), None)
             st.cuda = None
         if st.sampled is not None:
-            extra = (extra[0] if extra else None, _sample_after(groups, st.sampled))
-            st.sampled = None
-        found_inf = getattr(opt, "found_inf", None)
+            sampled, st.sampled = st.sampled, None
+            try:
+                extra = (extra[0] if extra else None, _sample_after(sampled))
+            except Exception as e:  # noqa: BLE001
+                self._sampling_failed(e)
         skipped = False
-        if isinstance(found_inf, torch.Tensor):
+        if st.scaled:
             # Fused optimizer under GradScaler: the kernel skipped the update when found_inf > 0.
-            if found_inf.device.type == "cpu":
+            found_inf = opt.__dict__.get("found_inf")
+            if isinstance(found_inf, torch.Tensor) and found_inf.device.type == "cpu":
                 skipped = float(found_inf) > 0
         grads = _grad_states(groups, st)
         iter_ns = t1 - st.last_t if st.last_t else None
@@ -849,7 +877,7 @@ def _extra_columns(extra: list, counts: np.ndarray, total: int) -> dict[str, lis
             for g in range(c):
                 per_group["cuda_ns"][pos + g] = cuda
                 if norms is not None and g < len(norms):
-                    gn, pn, un = norms[g]
+                    gn, pn, un = _resolve(norms[g])
                     per_group["grad_norm"][pos + g] = gn
                     per_group["param_norm"][pos + g] = pn
                     per_group["update_norm"][pos + g] = un
@@ -909,33 +937,44 @@ def _group_tensors(group):
 
 
 def _norm(tensors) -> Any:
+    """L2 norm over a list of tensors, as a float32 tensor on their device (no sync)."""
     if not tensors:
         return None
-    norms = torch._foreach_norm([t.detach() for t in tensors])
+    dense = [t.detach().coalesce().values() if t.is_sparse else t.detach() for t in tensors]
+    norms = torch._foreach_norm(dense)
     return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
 
 
-def _sample_before(groups):
-    """Norms of grads and params and a copy of the params, before a sampled step."""
+def _sample_before(groups, grad_scale=None):
+    """Per group: params, a copy of them, grad norm and param norm, before a sampled step.
+
+    A fused optimizer under GradScaler gets the gradients still scaled (its kernel unscales them,
+    ``grad_scale`` is set on the optimizer for the step): divide, so grad_norm is the real one.
+    """
     with torch.no_grad():
         out = []
         for g in groups:
             params, grads = _group_tensors(g)
+            gn = _norm(grads)
+            if gn is not None and isinstance(grad_scale, torch.Tensor):
+                gn = gn / grad_scale.to(gn.device)
             before = [p.detach().clone() for p in params]
-            out.append((params, before, _norm(grads), _norm(params)))
+            out.append((params, before, gn, _norm(params)))
         return out
 
 
-def _sample_after(groups, sampled):
+def _sample_after(sampled):
+    """Per group (grad_norm, param_norm, update_norm): floats on CPU; on a device, a copy read later
+    by the writer thread, so a sampled step does not synchronise either."""
     with torch.no_grad():
         result = []
         for params, before, gn, pn in sampled:
-            if params:
-                diffs = torch._foreach_sub([p.detach() for p in params], before)
-                un = _norm(diffs)
-                result.append((float(gn), float(pn), float(un)))
-            else:
+            if not params:
                 result.append((None, None, None))
+                continue
+            un = _norm(torch._foreach_sub([p.detach() for p in params], before))
+            values = torch.stack([gn, pn, un])
+            result.append(tuple(values.tolist()) if values.device.type == "cpu" else _Deferred(values))
         return tuple(result)
 
 
