@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from . import __version__, patching
+from . import __version__, lifecycle, patching
 from .events import (
     ADD_PARAM_GROUP,
     EPOCH_START,
@@ -293,6 +293,7 @@ class Recorder:
                 self._add_explicit(obj)
         if self._cuda_timing_requested and not self.cuda_timing:
             print("lrdebug: cuda_timing=True but CUDA is not available; nothing to time", file=sys.stderr)
+        lifecycle.started(self)
         self.enabled = True
         self.writer.start()
         _SINK.add(self)
@@ -340,6 +341,7 @@ class Recorder:
             return
         self.closed = True
         _SINK.remove(self)
+        lifecycle.closed(self)
         for obj, original in self._instance_patches:
             if original is None:
                 obj.__dict__.pop("step", None)
@@ -586,7 +588,10 @@ class Recorder:
             self._check(Event(event, seq, optimizer=st.index, step=step, lrs=st.lrs, grads=grads,
                               file=file, line=line, t_ns=t0))
         if len(self.buf) >= self.flush_rows:
-            self.writer.wake()
+            if len(self.buf) >= 8 * self.flush_rows:
+                self.writer.flush()  # the writer fell behind (slow disk): write here, memory stays bounded
+            else:
+                self.writer.wake()
 
     def optimizer_skipped(self, opt) -> None:
         """GradScaler found inf/NaN and did not call optimizer.step()."""
