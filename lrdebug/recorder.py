@@ -1116,6 +1116,8 @@ def _default_out() -> Path:
 
 def print_summary(rec: Recorder, findings: list[Finding]) -> None:
     """One screen on stderr at the end: where the trace is and what was found."""
+    if rec.writer is not None and rec.writer.failed:
+        return  # the one line reporting the failure already said it all; findings would be partial
     try:
         lines = [f"lrdebug: trace written to {rec.path}" + ("" if not rec.incomplete else f" (incomplete: {rec.incomplete})")]
         shown = [f for f in findings if f.code not in rec.ignore]
