@@ -1,0 +1,160 @@
+"""Process lifecycle: a trace is saved however the process ends, and the process ends as it would have.
+
+SIGTERM (torchrun, SLURM preemption, Kubernetes) kills a Python process without running ``finally``
+blocks or ``with`` exits: the rows buffered since the last part would be lost and the trace would
+stay "running". While a trace is open in the main thread, lrdebug takes SIGTERM and SIGINT, saves
+what it holds, and then does what the process would have done:
+
+- default action (SIG_DFL): close every open trace (status ``complete: false``, reason
+  ``terminated by SIGTERM``), restore the default and send the signal again, so the process dies by
+  the same signal as without lrdebug;
+- a Python handler installed before the trace started (the user's): write the buffered rows as a
+  part, then call that handler; if it ends the process by an exception or ``sys.exit``, the ``with``
+  block closes the trace as for any exception, and if it returns, recording goes on;
+- ignored (SIG_IGN), or SIGINT with Python's own handler: left alone. KeyboardInterrupt leaves the
+  ``with`` block, which closes the trace (reason ``interrupted by KeyboardInterrupt``).
+
+A handler the user installs while a trace is open replaces lrdebug's and stays when the trace closes;
+otherwise the previous handler is restored when the last main-thread trace closes. Handlers can only
+be set from the main thread: a trace started in another thread does not touch them. Traces still
+open at interpreter exit (``trace().__enter__()`` without an exit) are closed by ``atexit``. A forked
+child records nothing, so it has nothing to save and its signals act as they would have.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+from typing import Any, Callable
+
+from .storage import TraceError
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SAVE_TIMEOUT_S = 30.0  # a signal never waits longer than this for the trace to be written
+
+_lock = threading.RLock()
+_open: list[Any] = []  # recorders open in this process, in start order
+_owners: set[int] = set()  # ids of the open recorders started in the main thread
+_previous: dict[int, Any] = {}  # signal -> the handler lrdebug's replaced
+_handling = False
+
+
+def check_free(path: Any) -> None:
+    """Refuse a folder that another open trace of this process writes."""
+    with _lock:
+        for other in _open:
+            if os.path.abspath(other.path) == os.path.abspath(path):
+                raise TraceError(
+                    f"{path} is already written by another open trace in this process; "
+                    "choose another output directory (out=...)"
+                )
+
+
+def started(rec: Any) -> None:
+    """Register an open recorder; the first one in the main thread takes SIGTERM and SIGINT."""
+    with _lock:
+        _open.append(rec)
+        if threading.current_thread() is threading.main_thread():
+            _owners.add(id(rec))
+            if len(_owners) == 1:
+                _install()
+
+
+def closed(rec: Any) -> None:
+    """Forget a recorder; the last main-thread one puts the previous signal handlers back."""
+    with _lock:
+        if rec in _open:
+            _open.remove(rec)
+        if id(rec) in _owners:
+            _owners.discard(id(rec))
+            if not _owners:
+                _restore()
+
+
+def _install() -> None:
+    for sig in SIGNALS:
+        previous = signal.getsignal(sig)
+        if previous in (signal.SIG_IGN, None, _handle) or previous is signal.default_int_handler:
+            continue
+        signal.signal(sig, _handle)
+        _previous[sig] = previous
+
+
+def _restore() -> None:
+    for sig, previous in list(_previous.items()):
+        try:
+            if signal.getsignal(sig) is _handle:
+                signal.signal(sig, previous)
+        except ValueError:  # not the main thread: ours stays and keeps delegating to `previous`
+            continue
+        del _previous[sig]
+
+
+def _handle(signum: int, frame: Any) -> Any:
+    global _handling
+    previous = _previous.get(signum, signal.SIG_DFL)
+    if not _handling:
+        _handling = True
+        try:
+            if callable(previous):
+                _bounded(_flush_all)
+            else:
+                _bounded(lambda: _close_all(f"terminated by {signal.Signals(signum).name}"))
+        finally:
+            _handling = False
+    if callable(previous):
+        return previous(signum, frame)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    os._exit(128 + signum)  # only reached if the signal could not be delivered to this thread
+
+
+def _bounded(fn: Callable[[], None]) -> None:
+    """Run ``fn`` in a thread and wait at most SAVE_TIMEOUT_S: the interrupted main thread may hold a
+    lock the writer needs, and saving must never hang the process."""
+    worker = threading.Thread(target=_quietly, args=(fn,), name="lrdebug-save", daemon=True)
+    worker.start()
+    worker.join(SAVE_TIMEOUT_S)
+    if worker.is_alive():
+        print(f"lrdebug: the trace could not be saved within {SAVE_TIMEOUT_S:.0f} s", file=sys.stderr, flush=True)
+
+
+def _quietly(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - saving the trace must not change how the process ends
+        print(f"lrdebug: saving the trace failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
+def _flush_all() -> None:
+    for rec in list(_open):
+        if not rec.closed and rec.writer is not None:
+            rec.writer.flush()
+
+
+def _close_all(reason: str | None) -> None:
+    for rec in reversed(list(_open)):  # innermost first
+        if not rec.closed:
+            if reason:
+                rec.incomplete = rec.incomplete or reason
+            rec.close()
+
+
+@atexit.register
+def _at_exit() -> None:
+    _close_all(None)
+
+
+def _after_fork_in_child() -> None:
+    global _handling, _lock
+    _lock = threading.RLock()  # another thread may have held it at the fork
+    _open.clear()
+    _owners.clear()
+    _handling = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
