@@ -291,6 +291,7 @@ class Recorder:
             self._filter = set()
             for obj in self.explicit:
                 self._add_explicit(obj)
+            self.explicit = []  # registered by weak reference; a strong one would outlive the block
         if self._cuda_timing_requested and not self.cuda_timing:
             print("lrdebug: cuda_timing=True but CUDA is not available; nothing to time", file=sys.stderr)
         lifecycle.started(self)
@@ -1222,6 +1223,13 @@ if hasattr(os, "register_at_fork"):
 
 
 # ------------------------------------------------------------------------------ public API
+def _weak(obj: Any):
+    try:
+        return weakref.ref(obj)
+    except TypeError:  # no weak reference support (__slots__): keep the object
+        return lambda: obj
+
+
 class trace:  # noqa: N801 - used like a function: `with lrdebug.trace(...)` / `@lrdebug.trace()`
     """Record what the optimizers and schedulers do inside a block (or a decorated function).
 
@@ -1238,14 +1246,20 @@ class trace:  # noqa: N801 - used like a function: `with lrdebug.trace(...)` / `
         self._kwargs = dict(out=out, strict=strict, ignore=tuple(ignore), sample_updates=sample_updates,
                             cuda_timing=cuda_timing, flush_rows=flush_rows, flush_seconds=flush_seconds,
                             summary=summary)
-        self._objects = objects
+        self._objects = tuple(_weak(o) for o in objects)  # the handle must not keep them alive
         self.recorder: Recorder | None = None
+
+    def _live_objects(self) -> tuple:
+        objects = tuple(ref() for ref in self._objects)
+        if any(o is None for o in objects):
+            raise LRDebugError("an optimizer or scheduler passed to lrdebug.trace() no longer exists")
+        return objects
 
     def __enter__(self) -> trace:
         if self.recorder is not None and not self.recorder.closed:
             raise LRDebugError("this lrdebug.trace block is already active")
         try:
-            self.recorder = Recorder(self._objects, **self._kwargs).start()
+            self.recorder = Recorder(self._live_objects(), **self._kwargs).start()
         except TraceError as e:
             raise LRDebugError(str(e)) from None
         return self
@@ -1259,7 +1273,7 @@ class trace:  # noqa: N801 - used like a function: `with lrdebug.trace(...)` / `
     def __call__(self, fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            with trace(*self._objects, **self._kwargs) as t:
+            with trace(*self._live_objects(), **self._kwargs) as t:
                 wrapper.last_trace = t
                 return fn(*args, **kwargs)
 
