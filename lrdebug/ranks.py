@@ -73,7 +73,7 @@ class _Labels:
             groups = opts[index].get("groups") or []
             if group < len(groups) and isinstance(groups[group], dict):
                 name = groups[group].get("name")
-        return f"{self.optimizer(index)} group {group}" + (f" ({name!r})" if name else "")
+        return f"{self.optimizer(index)} group {group}" + (f" '{name}'" if name else "")
 
     def rank(self, r: int) -> str:
         return f"rank {r}" + (" (its trace was never closed: the process died or was killed)" if r in self.unclosed else "")
