@@ -139,8 +139,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         with t:
             if args.module is None:
-                # python makes the script's __file__ absolute (cwd joined, not normalised); so do we
-                runpy.run_path(os.path.join(os.getcwd(), argv[0]), run_name="__main__")
+                runpy.run_path(argv[0], run_name="__main__")  # not an absolute path: it becomes sys.argv[0]
             else:
                 runpy.run_module(args.module, run_name="__main__", alter_sys=True)
     except SystemExit as e:
