@@ -1,0 +1,369 @@
+"""Render a ``Report`` (or a diff result) as rich renderables or Markdown.
+
+Every string that comes from a trace (paths, names, messages) is data: it goes through ``clean``
+(control and escape characters shown as ``\\x1b``, so a name cannot drive the terminal) and into rich
+``Text`` objects, which are never parsed as markup; Markdown cells are backslash-escaped.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Iterable
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
+
+
+def clean(value: Any) -> str:
+    """The text of a trace value with control characters made visible (``\\x1b``)."""
+    text = "" if value is None else str(value)
+    return _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256 else "\\u%04x" % ord(m.group()),
+                        text)
+
+
+def T(value: Any, style: str | None = None) -> Text:  # noqa: N802 - reads as a constructor
+    return Text(clean(value), style=style or "")
+
+
+def fmt_lr(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, str):
+        return v
+    return f"{v:.6g}" if math.isfinite(v) else str(v)
+
+
+def fmt_ns(v: Any) -> str:
+    if v is None:
+        return "—"
+    v = float(v)
+    if v < 1e3:
+        return f"{v:.0f} ns"
+    if v < 1e6:
+        return f"{v / 1e3:.1f} µs"
+    if v < 1e9:
+        return f"{v / 1e6:.2f} ms"
+    return f"{v / 1e9:.2f} s"
+
+
+def fmt_pct(v: Any) -> str:
+    return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def _where(f: dict[str, Any]) -> str:
+    if not f.get("file"):
+        return ""
+    return f"{f['file']}:{f['line']}" if f.get("line") else str(f["file"])
+
+
+def _status_line(trace: dict[str, Any]) -> str:
+    if trace["complete"]:
+        return "complete"
+    bad = [f"rank {s['rank']}: {s['reason'] or s['state']}" for s in trace["status"] if not s["complete"]]
+    if trace["skipped_parts"]:
+        bad.append(f"{len(trace['skipped_parts'])} unreadable part(s) skipped")
+    if not trace["status"]:
+        bad.append("no status file")
+    return "INCOMPLETE — " + "; ".join(bad)
+
+
+def _source_text(source: str) -> str:
+    if source == "rechecked":
+        return "(events rechecked with the current rules)"
+    return "(as found during the run" + source[len("recorded"):].replace(" (", ": ").rstrip(")") + ")"
+
+
+def _scheduler_text(d: dict[str, Any], opt: int) -> str:
+    scheds = [s for s in d["schedulers"] if s["optimizer"] == opt]
+    return ", ".join(f"{s['class'] or 'scheduler'} #{s['index']} ({s['steps']} steps)" for s in scheds) or "none"
+
+
+# ------------------------------------------------------------------------------------- text
+def renderables(report, width: int) -> Iterable[Any]:
+    d = report.to_dict()
+    yield _header(d)
+    if not any(g["steps"] for o in d["optimizers"] for g in o["groups"]):
+        yield Text("No optimizer steps were recorded in this trace.", style="bold yellow")
+    if d["optimizers"]:
+        yield _lr_table(d)
+        for o in d["optimizers"]:
+            chart = lr_chart(report, o["index"], max(40, width - 4))
+            if chart is not None:
+                title = Text.assemble("LR schedule: ", T(o["label"]), " (vertical lines: epoch starts)"
+                                      if report.epoch_steps(o["index"]) else "")
+                yield Panel(chart, title=title, title_align="left", expand=False)
+        updates = _updates_table(d)
+        if updates is not None:
+            yield updates
+    yield _findings(d)
+    yield from _timing(d)
+    if len(d["ranks"]) > 1:
+        yield _ranks_table(d)
+    for note in d["notes"]:
+        yield T(f"note: {note}", "yellow")
+
+
+def _header(d: dict[str, Any]) -> Panel:
+    t = d["trace"]
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("Trace", T(t["path"]))
+    grid.add_row("Script", T(" ".join(t["argv"]) or "—"))
+    started = t["start"] or "—"
+    if t["duration_s"] is not None:
+        started += f"  (duration {t['duration_s']:.1f} s)"
+    grid.add_row("Started", T(started))
+    ranks = ", ".join(str(r) for r in d["ranks"]) or "—"
+    if t["world_size"]:
+        ranks += f"  (world size {t['world_size']})"
+    grid.add_row("Ranks", T(ranks))
+    grid.add_row("Versions", T(f"torch {t['torch_version'] or '?'} · lrdebug {t['lrdebug_version'] or '?'} · "
+                               f"Python {t['python_version'] or '?'}"))
+    status = _status_line(t)
+    grid.add_row("Status", T(status, "green" if t["complete"] else "bold red"))
+    grid.add_row("Rows", T(f"{t['rows']:,} in {t['parts']} part(s)"))
+    return Panel(grid, title="lrdebug report", title_align="left", expand=False)
+
+
+def _lr_table(d: dict[str, Any]) -> Table:
+    table = Table(title="Learning rate per param group", title_justify="left")
+    for name, just in (("Group", "left"), ("Steps", "right"), ("Skipped", "right"), ("First LR", "right"),
+                       ("Min", "right"), ("Max", "right"), ("Last LR", "right"), ("Scheduler(s)", "left")):
+        table.add_column(name, justify=just)
+    for o in d["optimizers"]:
+        for i, g in enumerate(o["groups"]):
+            table.add_row(T(g["label"]), str(g["steps"]), str(g["skipped"]), fmt_lr(g["first_lr"]),
+                          fmt_lr(g["min_lr"]), fmt_lr(g["max_lr"]), fmt_lr(g["last_lr"]),
+                          T(_scheduler_text(d, o["index"])) if i == 0 else "")
+    return table
+
+
+def lr_chart(report, optimizer: int, width: int, height: int = 14) -> Text | None:
+    """The LR curves of one optimizer's groups drawn by plotext, with epoch starts as vertical lines."""
+    try:
+        import plotext as plt
+    except ImportError:
+        return None
+    curves = {k: v for k, v in report.curves(max_points=2 * width).items() if k[0] == optimizer and len(v[0])}
+    if not curves:
+        return None
+    lo = min(float(v[1][v[1] > 0].min()) if (v[1] > 0).any() else math.inf for v in curves.values())
+    hi = max(float(v[2][v[2] > 0].max()) if (v[2] > 0).any() else 0.0 for v in curves.values())
+    log = math.isfinite(lo) and hi / lo > 100
+    plt.clear_figure()
+    plt.plotsize(width, height)
+    plt.theme("clear")
+    colors = ["blue", "red", "green", "magenta", "cyan", "yellow", "orange", "gray"]
+    x_max = 1
+    for n, ((o, g), (x, ymin, ymax, size)) in enumerate(list(curves.items())[:8]):
+        if size == 1:  # exact: the LR holds from its step to the next
+            xs = [float(v) + d for v in x for d in (0, 1)]
+            ys = [float(v) for v in ymin for _ in (0, 1)]
+        else:  # an outline: the range of each bucket
+            xs = [float(v) for v in x for _ in (0, 1)]
+            ys = [float(v) for pair in zip(ymin, ymax) for v in pair]
+        if log:
+            xs, ys = zip(*[(a, b) for a, b in zip(xs, ys) if b > 0]) if any(b > 0 for b in ys) else ([], [])
+        plt.plot(list(xs), list(ys), label=clean(report.label(o, g))[:30], marker="braille",
+                 color=colors[n % len(colors)])
+        x_max = max(x_max, int(x[-1]) + size - 1)
+    if log:
+        plt.yscale("log")
+        decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+        plt.yticks([10.0 ** e for e in decades], [f"1e{e}" for e in decades])
+    epochs = sorted(set(report.epoch_steps(optimizer)))
+    if 1 < len(epochs) <= 60:
+        for s in epochs[1:]:
+            plt.vline(s + 0.5, "gray")
+    ticks = sorted({1, *[round(1 + i * (x_max - 1) / 4) for i in range(5)]})
+    plt.xticks(ticks, [str(t) for t in ticks])
+    plt.xlabel("optimizer step" + (f"  ({len(epochs)} epochs)" if len(epochs) > 1 else ""))
+    return Text.from_ansi(plt.build())
+
+
+def _updates_table(d: dict[str, Any]) -> Table | None:
+    rows = [(g, g["updates"]) for o in d["optimizers"] for g in o["groups"] if g.get("updates")]
+    if not rows:
+        return None
+    every = d["trace"].get("sample_updates")
+    title = "Measured update per group" + (f" (sampled every {every} steps)" if every else "")
+    table = Table(title=title, title_justify="left", caption="first / median / last; update_ratio is often ~1e-3",
+                  caption_justify="left")
+    for name in ("Group", "Samples", "lr", "eff_lr", "update_ratio", "grad_norm", "vs ~1e-3"):
+        table.add_column(name, justify="left" if name in ("Group", "vs ~1e-3") else "right")
+
+    def trio(u, key):
+        v = u.get(key)
+        return "—" if not v else " / ".join(fmt_lr(v[k]) for k in ("first", "median", "last"))
+
+    hints = {"high": "high: LR may be too large", "low": "low: LR may be too small", "typical": "typical"}
+    for g, u in rows:
+        table.add_row(T(g["label"]), str(u["samples"]), trio(u, "lr"), trio(u, "eff_lr"), trio(u, "update_ratio"),
+                      trio(u, "grad_norm"), hints.get(u.get("ratio_hint"), "—"))
+    return table
+
+
+def _findings(d: dict[str, Any]):
+    findings = d["findings"]
+    head = Text.assemble((f"Findings ({len(findings)})", "bold"), f"  {_source_text(d['findings_source'])}")
+    if not findings:
+        return Group(head, Text("No findings.", style="green"))
+    parts: list[Any] = [head]
+    for f in findings:
+        sev = str(f.get("severity") or "?")
+        line = Text.assemble((f"{sev.upper():8}", _SEVERITY_STYLE.get(sev, "")), (clean(f.get("code")), "bold"))
+        details = [x for x in (_where(f), f"step {f['step']}" if f.get("step") is not None else "",
+                               f"×{f.get('count') or 1}") if x]
+        line.append("  " + clean(" · ".join(details)))
+        parts.append(line)
+        parts.append(Text("\n".join("    " + clean(m) for m in str(f.get("message") or "").splitlines())))
+    return Group(*parts)
+
+
+def _timing(d: dict[str, Any]) -> Iterable[Any]:
+    timing = d["timing"]
+    rank = d["trace"]["primary_rank"]
+    for t in timing["optimizers"]:
+        label = next((o["label"] for o in d["optimizers"] if o["index"] == t["optimizer"]), str(t["optimizer"]))
+        table = Table(title=Text.assemble("Step time: ", T(label), f" (rank {rank})"), title_justify="left")
+        for name in ("", "p50", "p95", "max", "n"):
+            table.add_column(name, justify="left" if not name else "right")
+        rows = [("optimizer step", t["dur_ns"]), ("iteration", t["iter_ns"]), ("data wait", t["data_wait_ns"]),
+                ("CUDA optimizer step", t["cuda_ns"])]
+        if t is timing["optimizers"][0]:
+            rows += [("scheduler step", timing["scheduler_step_ns"]), ("zero_grad", timing["zero_grad_ns"])]
+        for name, dist in rows:
+            if dist:
+                approx = "" if dist["exact"] else "≈"
+                table.add_row(name, approx + fmt_ns(dist["p50"]), approx + fmt_ns(dist["p95"]), fmt_ns(dist["max"]),
+                              f"{dist['n']:,}")
+        yield table
+        yield Text(f"Share of an iteration: optimizer step {fmt_pct(t['step_share'])}, "
+                   f"waiting for data {fmt_pct(t['data_wait_share'])}")
+        if t["slowest"]:
+            slow = Table(title="Slowest steps", title_justify="left")
+            for name in ("step", "iteration", "optimizer step", "data wait"):
+                slow.add_column(name, justify="right")
+            for s in t["slowest"]:
+                slow.add_row(str(s["step"]), fmt_ns(s["iter_ns"]), fmt_ns(s["dur_ns"]), fmt_ns(s["data_wait_ns"]))
+            yield slow
+
+
+def _ranks_table(d: dict[str, Any]) -> Table:
+    table = Table(title="Ranks", title_justify="left")
+    table.add_column("Rank", justify="right")
+    table.add_column("State")
+    for o in d["optimizers"]:
+        table.add_column(Text.assemble(T(o["label"]), " steps"), justify="right")
+        table.add_column(Text.assemble(T(o["label"]), " last LR"), justify="right")
+    status = {s["rank"]: s for s in d["trace"]["status"]}
+    for r in d["ranks"]:
+        s = status.get(r, {})
+        cells: list[Any] = [str(r), T(s.get("state") or "no status",
+                                      "green" if s.get("complete") else "red")]
+        for o in d["optimizers"]:
+            e = next((x for x in o.get("ranks", []) if x["rank"] == r), None)
+            cells += [str(e["steps"]) if e else "—",
+                      " ".join(fmt_lr(v) for v in e["last_lr"][:4]) if e else "—"]
+        table.add_row(*cells)
+    return table
+
+
+# ------------------------------------------------------------------------------------- markdown
+def md(value: Any) -> str:
+    """Markdown-safe text for a table cell or a line."""
+    return _MD_SPECIAL.sub(r"\\\1", clean(value).replace("\n", " "))
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out + [""]
+
+
+def markdown(report) -> str:
+    d = report.to_dict()
+    t = d["trace"]
+    lines = [f"### lrdebug report: {md(t['script'] or t['path'])}", ""]
+    lines.append(f"- **Command:** {md(' '.join(t['argv']) or '—')}")
+    started = md(t["start"] or "—") + (f" (duration {t['duration_s']:.1f} s)" if t["duration_s"] is not None else "")
+    lines.append(f"- **Started:** {started}")
+    lines.append(f"- **Ranks:** {', '.join(str(r) for r in d['ranks']) or '—'}")
+    lines.append(f"- **Versions:** torch {md(t['torch_version'] or '?')}, lrdebug {md(t['lrdebug_version'] or '?')}")
+    lines.append(f"- **Trace:** {md(_status_line(t))}")
+    lines.append("")
+    if not any(g["steps"] for o in d["optimizers"] for g in o["groups"]):
+        lines += ["**No optimizer steps were recorded in this trace.**", ""]
+    if d["optimizers"]:
+        rows = [[md(g["label"]), str(g["steps"]), str(g["skipped"]), fmt_lr(g["first_lr"]), fmt_lr(g["min_lr"]),
+                 fmt_lr(g["max_lr"]), fmt_lr(g["last_lr"]), md(_scheduler_text(d, o["index"]))]
+                for o in d["optimizers"] for g in o["groups"]]
+        lines += _md_table(["Group", "Steps", "Skipped", "First LR", "Min", "Max", "Last LR", "Scheduler(s)"], rows)
+    findings = d["findings"]
+    lines += [f"#### Findings ({len(findings)})", ""]
+    if findings:
+        rows = [[md(f.get("severity")), f"`{clean(f.get('code')).replace('`', '')}`", md(_where(f) or "—"),
+                 str(f.get("step") if f.get("step") is not None else "—"), str(f.get("count") or 1),
+                 md(f.get("message"))] for f in findings]
+        lines += _md_table(["Severity", "Code", "Where", "Step", "Count", "Message"], rows)
+    else:
+        lines += ["No findings.", ""]
+    for tm in d["timing"]["optimizers"]:
+        label = next((o["label"] for o in d["optimizers"] if o["index"] == tm["optimizer"]), str(tm["optimizer"]))
+        rows = [[name, fmt_ns(v["p50"]), fmt_ns(v["p95"]), fmt_ns(v["max"])]
+                for name, v in (("optimizer step", tm["dur_ns"]), ("iteration", tm["iter_ns"]),
+                                ("data wait", tm["data_wait_ns"])) if v]
+        if rows:
+            lines += [f"#### Step time: {md(label)}", ""]
+            lines += _md_table(["", "p50", "p95", "max"], rows)
+            lines += [f"Optimizer step {fmt_pct(tm['step_share'])} of an iteration, "
+                      f"waiting for data {fmt_pct(tm['data_wait_share'])}.", ""]
+    for note in d["notes"]:
+        lines += [f"> note: {md(note)}", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- diff
+def diff_renderables(result: dict[str, Any]) -> Iterable[Any]:
+    yield Text.assemble("A: ", T(result["a"]), "\nB: ", T(result["b"]),
+                        f"\nLRs compared per optimizer step (equal within {result['rtol']:g} relative)")
+    for g in result["groups"]:
+        label = T(g["label"], "bold")
+        if g["identical"]:
+            yield Text.assemble(label, f": identical over {g['steps_a']} steps", style="")
+            continue
+        if not g["steps_a"] or not g["steps_b"]:
+            only = "A" if g["steps_a"] else "B"
+            yield Text.assemble(label, f": only in {only} ({g['steps_a'] or g['steps_b']} steps)")
+            continue
+        msg = Text.assemble(label, ": ")
+        if g["first_diff_step"] is not None:
+            msg.append(f"differs from step {g['first_diff_step']}: A {fmt_lr(g['lr_a'])}, B {fmt_lr(g['lr_b'])}",
+                       style="red")
+        else:
+            msg.append(f"equal over the {g['compared']} common steps", style="")
+        if g["steps_a"] != g["steps_b"] or g["compared"] != g["steps_a"]:
+            msg.append(f"; A has {g['steps_a']} steps, B has {g['steps_b']} (compared {g['compared']} common)",
+                       style="yellow")
+        yield msg
+        if g.get("context"):
+            table = Table(box=None, padding=(0, 2))
+            for name in ("", "step", "A", "B"):
+                table.add_column(name, justify="right")
+            for c in g["context"]:
+                table.add_row(">" if c["differs"] else "", str(c["step"]), fmt_lr(c["lr_a"]), fmt_lr(c["lr_b"]),
+                              style="red" if c["differs"] else "")
+            yield table
+    if not result["groups"]:
+        yield Text("Neither trace has optimizer steps.")
+    yield Text("identical" if result["identical"] else "the learning rates differ",
+               style="green" if result["identical"] else "bold red")
+

@@ -1,0 +1,428 @@
+"""Trace -> summary -> text, JSON, Markdown or an image; the ``report``, ``diff`` and ``plot`` commands.
+
+The figures come from one streaming pass over the parts (``scan.py``), so memory stays flat whatever
+the length of the run.
+
+Groups are labelled by ``param_group["name"]`` when set, else ``{Optimizer class}/pg{group + 1}``
+(Lightning's convention: group 0 is ``pg1``); when two optimizers share a class the class gets the
+optimizer index (``Adam-1/pg1``). Per-group figures are those of the lowest rank present; other ranks
+appear in a cross-rank table.
+
+This module (and everything it imports) never imports torch: a trace can be read without PyTorch.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+
+from . import storage
+from .events import OPTIMIZER_STEP, SEVERITY_RANK, Finding
+from .scan import SAMPLED, GroupStats, Scan, scan_trace
+
+REPORT_VERSION = "1.0"
+DEFAULT_DIR = Path("lrdebug-traces")
+RECHECK_MAX_ROWS = 250_000
+DIFF_RTOL = 1e-12
+RATIO_HINT = 1e-3
+
+
+# ------------------------------------------------------------------------------------- findings
+def _stored_findings(trace: storage.Trace) -> list[dict[str, Any]]:
+    """Findings the recorder stored at the end of each rank's run, merged across ranks."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    for rank in sorted(trace.status):
+        for d in trace.status[rank].get("findings") or []:
+            if not isinstance(d, dict) or "code" not in d:
+                continue
+            f = Finding.from_dict({"severity": "info", "message": "", **d}).to_dict()
+            key = (f["code"], f["optimizer"], f["scheduler"], f["group"], f["file"], f["line"])
+            if key in merged:
+                merged[key]["count"] = max(merged[key]["count"] or 0, f["count"] or 0)
+            else:
+                merged[key] = f
+    return list(merged.values())
+
+
+def _findings(trace: storage.Trace, rows: int) -> tuple[list[dict[str, Any]], str]:
+    """Recheck the events with the current rules when the trace is small enough; else the stored findings.
+
+    The rule engine rebuilds events in Python (~15 µs a row), so a closed trace above
+    ``RECHECK_MAX_ROWS`` keeps the findings its run stored; a trace that was never closed has none
+    stored and is rechecked up to ten times that size.
+    """
+    closed = bool(trace.status) and all(s.get("state") == "closed" for s in trace.status.values())
+    try:
+        from .checks import check_trace
+    except ImportError:
+        return _stored_findings(trace), "recorded"
+    if rows > RECHECK_MAX_ROWS * (1 if closed else 10):
+        return _stored_findings(trace), f"recorded (not rechecked: {rows:,} rows)"
+    try:
+        return [f.to_dict() for f in check_trace(trace)], "rechecked"
+    except Exception as exc:  # noqa: BLE001 - an unreadable event stream still has its recorded findings
+        return _stored_findings(trace), f"recorded (recheck failed: {type(exc).__name__}: {storage._short(exc)})"
+
+
+def _sort_findings(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(findings, key=lambda f: (-SEVERITY_RANK.get(f.get("severity"), 0), f.get("step") or 0,
+                                           str(f.get("code"))))
+
+
+# ------------------------------------------------------------------------------------- the report
+def group_label(optimizers: list[dict[str, Any]], opt: int, group: int) -> str:
+    """``param_group["name"]`` when set, else ``Adam/pg1`` (group 0), ``Adam-1/pg1`` for a repeated class."""
+    info = optimizers[opt] if 0 <= opt < len(optimizers) and isinstance(optimizers[opt], dict) else {}
+    groups = info.get("groups") or []
+    if 0 <= group < len(groups) and isinstance(groups[group], dict) and groups[group].get("name") is not None:
+        return str(groups[group]["name"])
+    return f"{optimizer_label(optimizers, opt)}/pg{group + 1}"
+
+
+def optimizer_label(optimizers: list[dict[str, Any]], opt: int) -> str:
+    classes = [o.get("class") if isinstance(o, dict) else None for o in optimizers]
+    cls = classes[opt] if 0 <= opt < len(classes) and classes[opt] else "optimizer"
+    return cls if classes.count(cls) == 1 else f"{cls}-{opt}"
+
+
+def _jsonable(v: Any) -> Any:
+    """Non-finite floats become strings ("nan", "inf"): JSON has no literal for them."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        return _jsonable(v.item())
+    return v
+
+
+def _iso(ns: Any) -> str | None:
+    if not isinstance(ns, (int, float)):
+        return None
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
+
+
+class Report:
+    """The summary of a trace: a rich renderable, with ``to_dict()`` (the JSON contract) and ``to_markdown()``.
+
+    ``Report(path)`` reads the trace at once; ``Report()`` reads the newest trace under
+    ``./lrdebug-traces/``. Raises ``TraceError`` for unusable input.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else newest_trace()
+        trace = storage.read_trace(self.path, columns=[])
+        parts = storage.find_parts(self.path)
+        scan, t_max, read = scan_trace(trace)
+        if parts and not read and not trace.status:
+            raise storage.TraceError(f"{self.path}: no readable part ({'; '.join(trace.skipped[:3])})")
+        self.trace = trace
+        self.scan = scan
+        findings, source = _findings(trace, scan.rows)
+        self.findings = _sort_findings(findings)
+        self._data = self._build(trace, scan, t_max, source, len(parts))
+
+    # -- public
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``lrdebug report --format json``."""
+        return json.loads(json.dumps(self._data))
+
+    def to_markdown(self) -> str:
+        from .render import markdown
+
+        return markdown(self)
+
+    def __rich_console__(self, console, options):
+        from .render import renderables
+
+        yield from renderables(self, options.max_width)
+
+    def fails(self, threshold: str) -> bool:
+        """True when a finding at or above ``threshold`` (error|warning|info; never: False) exists."""
+        level = SEVERITY_RANK.get(threshold, 99)
+        return any(SEVERITY_RANK.get(f.get("severity"), 0) >= level for f in self.findings)
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self._data["notes"])
+
+    def curves(self, max_points: int | None = None) -> dict[tuple[int, int], tuple[np.ndarray, ...]]:
+        """Per (optimizer, group): first step of each bucket, min and max LR, bucket size (primary rank)."""
+        return {k: env.points(max_points) for k, env in sorted(self.scan.curves.items())}
+
+    def samples(self) -> dict[tuple[int, int], dict[str, np.ndarray]]:
+        return {k: s.arrays() for k, s in sorted(self.scan.samples.items())}
+
+    def epoch_steps(self, optimizer: int) -> list[int]:
+        """Steps of ``optimizer`` at which an epoch of the busiest DataLoader started (0: before any step)."""
+        by_loader = collections.Counter(loader for loader, _ in self.scan.epochs)
+        if not by_loader:
+            return []
+        loader = min(by_loader, key=lambda k: (-by_loader[k], k))
+        return [at.get(optimizer, 0) for ld, at in self.scan.epochs if ld == loader]
+
+    def label(self, optimizer: int, group: int) -> str:
+        return group_label(self._optimizers_meta, optimizer, group)
+
+    # -- building the summary
+    def _build(self, trace, scan: Scan, t_max, source: str, parts: int) -> dict[str, Any]:
+        primary = scan.primary
+        meta = trace.meta.get(primary) or next(iter(trace.meta.values()), {})
+        meta = meta if isinstance(meta, dict) else {}
+        opts_meta = [o for o in meta.get("optimizers") or [] if isinstance(o, dict)]
+        self._optimizers_meta = opts_meta
+        status = [{"rank": r, "state": s.get("state"), "complete": bool(s.get("complete")), "reason": s.get("reason")}
+                  for r, s in sorted(trace.status.items())]
+        for r in trace.ranks:
+            if r not in trace.status:
+                status.append({"rank": r, "state": None, "complete": False, "reason": "no status file"})
+        for s in status:
+            if s["state"] == "running":
+                s["reason"] = "the process ended without closing the trace (killed, or still running)"
+        status.sort(key=lambda s: s["rank"])
+        end = (trace.status.get(primary) or {}).get("end_unix_ns") or t_max.get(primary)
+        start = meta.get("start_unix_ns")
+        argv = [str(a) for a in meta.get("argv") or []]
+
+        notes = []
+        if trace.skipped:
+            notes += [f"skipped unreadable part {s}" for s in trace.skipped]
+        if not any(r == primary for r, *_ in scan.groups):
+            notes.append("no optimizer steps were recorded")
+
+        optimizers = []
+        opt_indices = sorted({o for r, o, _ in scan.groups if r == primary} | set(range(len(opts_meta))))
+        for o in opt_indices:
+            info = opts_meta[o] if o < len(opts_meta) else {}
+            gidx = sorted({g for r, oo, g in scan.groups if r == primary and oo == o}
+                          | set(range(len(info.get("groups") or []))))
+            groups = []
+            for g in gidx:
+                st = scan.groups.get((primary, o, g)) or GroupStats()
+                names = info.get("groups") or []
+                name = names[g].get("name") if g < len(names) and isinstance(names[g], dict) else None
+                groups.append({
+                    "index": g, "name": name, "label": group_label(opts_meta, o, g), "steps": st.steps,
+                    "skipped": scan.skipped.get((primary, o), 0), "first_step": st.first_step,
+                    "last_step": st.last_step, "first_lr": st.first_lr, "min_lr": st.min_lr, "max_lr": st.max_lr,
+                    "last_lr": st.last_lr, "nonfinite_lr": st.nonfinite,
+                    "updates": self._updates(o, g),
+                })
+            entry = {"index": o, "class": info.get("class"), "label": optimizer_label(opts_meta, o),
+                     "steps": max([gr["steps"] for gr in groups] or [0]),
+                     "skipped": scan.skipped.get((primary, o), 0), "groups": groups}
+            if len(trace.ranks) > 1:
+                entry["ranks"] = [self._rank_entry(scan, r, o, gidx) for r in trace.ranks]
+            optimizers.append(entry)
+
+        schedulers = []
+        for s in meta.get("schedulers") or []:
+            if not isinstance(s, dict):
+                continue
+            i = s.get("index", len(schedulers))
+            schedulers.append({"index": i, "class": s.get("class"), "optimizer": s.get("optimizer"),
+                               "steps": scan.sched_steps.get((primary, i), 0), "children": s.get("children") or []})
+        known = {s["index"] for s in schedulers}
+        for (r, i), n in sorted(scan.sched_steps.items()):
+            if r == primary and i not in known:
+                schedulers.append({"index": i, "class": None, "optimizer": None, "steps": n, "children": []})
+
+        timing = {"optimizers": [], "scheduler_step_ns": scan.sched_dur.to_dict(), "zero_grad_ns": scan.zero_dur.to_dict()}
+        for o in sorted(scan.timing):
+            d = scan.timing[o]
+            dur, it, wait, waits = scan.sums[o]
+            timing["optimizers"].append({
+                "optimizer": o, "dur_ns": d["dur_ns"].to_dict(), "iter_ns": d["iter_ns"].to_dict(),
+                "data_wait_ns": d["data_wait_ns"].to_dict(), "cuda_ns": d["cuda_ns"].to_dict(),
+                "step_share": dur / it if it else None, "data_wait_share": wait / it if it and waits else None,
+                "slowest": [{"step": s, "iter_ns": i if i >= 0 else None, "dur_ns": du,
+                             "data_wait_ns": w if w >= 0 else None} for i, s, du, w in scan.slowest[o]],
+            })
+
+        epochs = collections.Counter(loader for loader, _ in scan.epochs)
+        data = {
+            "schema_version": REPORT_VERSION,
+            "trace": {
+                "path": str(self.path), "schema_version": meta.get("schema_version"),
+                "script": argv[0] if argv else None, "argv": argv, "cwd": meta.get("cwd"),
+                "host": meta.get("host"), "start_unix_ns": start, "start": _iso(start),
+                "duration_s": (end - start) / 1e9 if isinstance(end, int) and isinstance(start, int) else None,
+                "lrdebug_version": meta.get("lrdebug_version"), "torch_version": meta.get("torch_version"),
+                "python_version": meta.get("python_version"), "world_size": meta.get("world_size"),
+                "sample_updates": meta.get("sample_updates"),
+                "complete": bool(status) and all(s["complete"] for s in status) and not trace.skipped,
+                "status": status, "rows": scan.rows, "parts": parts, "skipped_parts": list(trace.skipped),
+                "primary_rank": primary,
+            },
+            "ranks": trace.ranks,
+            "optimizers": optimizers,
+            "schedulers": schedulers,
+            "findings": self.findings,
+            "findings_source": source,
+            "timing": timing,
+            "epochs": {"loaders": dict(sorted(epochs.items())), "count": max(epochs.values(), default=0)},
+            "notes": notes,
+        }
+        return _jsonable(data)
+
+    def _updates(self, o: int, g: int) -> dict[str, Any] | None:
+        s = self.scan.samples.get((o, g))
+        if s is None or not s.n:
+            return None
+        a = s.arrays()
+        out: dict[str, Any] = {"samples": int(len(a["step"])), "first_step": int(a["step"][0]),
+                               "last_step": int(a["step"][-1])}
+        for c in ("lr", *SAMPLED):
+            v = a.get(c)
+            if v is None:
+                continue
+            finite = v[np.isfinite(v)]
+            out[c] = {"first": float(v[0]), "median": float(np.median(finite)) if len(finite) else None,
+                      "last": float(v[-1])}
+        ratio = (out.get("update_ratio") or {}).get("median")
+        if ratio is not None:
+            out["ratio_hint"] = ("high" if ratio > 10 * RATIO_HINT else "low" if ratio < RATIO_HINT / 10
+                                 else "typical")
+        return out
+
+    def _rank_entry(self, scan: Scan, r: int, o: int, gidx: list[int]) -> dict[str, Any]:
+        stats = [scan.groups.get((r, o, g)) for g in gidx]
+        return {"rank": r, "steps": max([s.steps for s in stats if s] or [0]), "skipped": scan.skipped.get((r, o), 0),
+                "last_lr": [s.last_lr if s else None for s in stats]}
+
+
+# ------------------------------------------------------------------------------------- commands
+def newest_trace(root: Path = DEFAULT_DIR) -> Path:
+    """The most recently modified trace directory under ``./lrdebug-traces/``."""
+    try:
+        candidates = [p for p in root.iterdir() if p.is_dir()]
+    except OSError:
+        candidates = []
+    if not candidates:
+        raise storage.TraceError(f"no trace given and none found under ./{root}/ (record one: lrdebug run train.py)")
+    return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def _console(width: int | None = None, file=None):
+    from rich.console import Console
+
+    return Console(file=file or sys.stdout, width=width, highlight=False)
+
+
+def report_command(args) -> int:
+    report = Report(args.trace)
+    for note in report.trace.skipped:
+        print(f"lrdebug report: skipped unreadable part {note}", file=sys.stderr)
+    try:
+        if args.format == "json":
+            print(json.dumps(report.to_dict(), indent=2))
+        elif args.format == "markdown":
+            sys.stdout.write(report.to_markdown())
+        else:
+            _console(args.width).print(report)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `lrdebug report | head`: the reader left, the status still counts
+        sys.stdout = open(os.devnull, "w")
+    return 1 if report.fails(args.fail_on) else 0
+
+
+def _lr_series(path: str) -> tuple[dict[tuple[int, int], tuple[np.ndarray, np.ndarray]], storage.Trace]:
+    """Per (optimizer, group) of the lowest rank: the steps and the LR each optimizer step used."""
+    trace = storage.read_trace(path, columns=["rank", "event", "optimizer", "group", "step", "lr"])
+    t = trace.table
+    if t.num_rows:
+        t = t.filter(pc.equal(t["event"], OPTIMIZER_STEP))
+    if t.num_rows:
+        t = t.filter(pc.equal(t["rank"], pc.min(t["rank"])))
+    out = {}
+    if t.num_rows:
+        o, g, steps = (pc.fill_null(t[c], -1).to_numpy() for c in ("optimizer", "group", "step"))
+        lrs = t["lr"].to_numpy().astype(np.float64)
+        for k in sorted(set(zip(o.tolist(), g.tolist()))):
+            m = (o == k[0]) & (g == k[1])
+            out[k] = (steps[m], lrs[m])
+    return out, trace
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Equal within DIFF_RTOL (relative), NaN equal to NaN."""
+    close = np.abs(a - b) <= DIFF_RTOL * np.maximum(np.abs(a), np.abs(b))
+    return close | (a == b) | (np.isnan(a) & np.isnan(b))
+
+
+def diff_traces(path_a: str, path_b: str, context: int = 2) -> dict[str, Any]:
+    """Per optimizer and group: equal, or the first step where the LRs differ, with steps around it."""
+    a, trace_a = _lr_series(path_a)
+    b, trace_b = _lr_series(path_b)
+    meta = next(iter(trace_a.meta.values()), None) or next(iter(trace_b.meta.values()), None) or {}
+    opts = [o for o in meta.get("optimizers") or [] if isinstance(o, dict)]
+    groups = []
+    for k in sorted(set(a) | set(b)):
+        entry: dict[str, Any] = {"optimizer": k[0], "group": k[1], "label": group_label(opts, *k)}
+        sa, la = a.get(k, (np.empty(0, np.int64), np.empty(0)))
+        sb, lb = b.get(k, (np.empty(0, np.int64), np.empty(0)))
+        common, ia, ib = np.intersect1d(sa, sb, return_indices=True)
+        same = _same(la[ia], lb[ib])
+        entry.update(steps_a=len(sa), steps_b=len(sb), compared=len(common), first_diff_step=None)
+        if not same.all():
+            i = int(np.argmin(same))
+            entry.update(first_diff_step=int(common[i]), lr_a=float(la[ia[i]]), lr_b=float(lb[ib[i]]))
+            lo, hi = max(0, i - context), min(len(common), i + context + 1)
+            entry["context"] = [{"step": int(common[j]), "lr_a": float(la[ia[j]]), "lr_b": float(lb[ib[j]]),
+                                 "differs": not bool(same[j])} for j in range(lo, hi)]
+        entry["identical"] = entry["first_diff_step"] is None and len(sa) == len(sb) == len(common)
+        groups.append(entry)
+    return _jsonable({
+        "a": str(path_a), "b": str(path_b), "rtol": DIFF_RTOL, "identical": all(g["identical"] for g in groups),
+        "groups": groups, "skipped_parts": {"a": trace_a.skipped, "b": trace_b.skipped},
+    })
+
+
+def diff_command(args) -> int:
+    result = diff_traces(args.trace_a, args.trace_b)
+    for side in ("a", "b"):
+        for note in result["skipped_parts"][side]:
+            print(f"lrdebug diff: skipped unreadable part of {side.upper()}: {note}", file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        from .render import diff_renderables
+
+        console = _console()
+        for r in diff_renderables(result):
+            console.print(r)
+    return 0 if result["identical"] else 1
+
+
+def plot_command(args) -> int:
+    from .cli import CommandError
+
+    out = Path(args.output)
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise CommandError(f"{out}: the output must end in .png, .svg or .pdf")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CommandError("plotting needs matplotlib: pip install 'lrdebug[plot]'") from None
+    from .plot import plot_report
+
+    report = Report(args.trace)
+    for note in report.trace.skipped:
+        print(f"lrdebug plot: skipped unreadable part {note}", file=sys.stderr)
+    try:
+        plot_report(report, out)
+    except OSError as exc:
+        raise CommandError(f"{out}: cannot write: {exc.strerror or exc}") from None
+    print(f"lrdebug plot: wrote {out}", file=sys.stderr)
+    return 0
