@@ -8,8 +8,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .events import Finding, LRDebugError, LRDebugWarning  # noqa: E402
-from .storage import TraceError, load  # noqa: E402
+# Only the warning classes load eagerly: `python -W error::lrdebug.LRDebugWarning` imports this
+# package before pyarrow can be imported.
+from .errors import LRDebugError, LRDebugWarning, reapply_warning_options  # noqa: E402
+
+reapply_warning_options()
 
 __all__ = ["trace", "effective_lr", "load", "findings", "Report", "Finding", "LRDebugError",
            "LRDebugWarning", "TraceError", "__version__"]
@@ -24,6 +27,14 @@ def __getattr__(name: str):
         from .report import Report
 
         return Report
+    if name == "Finding":
+        from .events import Finding
+
+        return Finding
+    if name in ("load", "TraceError"):
+        from . import storage
+
+        return getattr(storage, name)
     if name == "findings":
         from .checks import findings
 

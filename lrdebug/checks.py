@@ -542,11 +542,12 @@ class Checker:
             return
         if s.created_seq is None and (_int(s.params.get("last_epoch")) or 0) > 1:
             return  # it had stepped before the trace started: the run is under way
+        lr = _fmt(ev.lrs[0]) if ev.lrs else "?"
         self._add("scheduler-before-optimizer", ev.step, ev.file, ev.line, lambda: (
-            f"{s.label()} stepped at {where} before {o.label()} ever stepped: the first LR of the schedule "
-            f"({_fmt(ev.lrs[0]) if ev.lrs else '?'} is now in place of the first value) is skipped, so warmup "
-            "starts one step late and the whole schedule is shifted. Call optimizer.step() before "
-            "scheduler.step() in each iteration (PyTorch >= 1.1 order)."), opt=o.index, sched=s.index)
+            f"{s.label()} stepped at {where} before {o.label()} ever stepped, so the schedule's first value is "
+            f"skipped: the first optimizer step will use lr={lr}, the schedule's second value, and every later "
+            "step is one position ahead (warmup starts late, decays come early). Call optimizer.step() before "
+            "scheduler.step() in each iteration."), opt=o.index, sched=s.index)
 
     def _orphaned(self, o: _Opt, s: _Sched, step, file, line, others: int) -> None:
         where = _where(file, line)
