@@ -182,7 +182,7 @@ def lr_chart(report, optimizer: int, width: int, height: int = 14) -> Text | Non
     epochs = sorted(set(report.epoch_steps(optimizer)))
     if 1 < len(epochs) <= 60:
         for s in epochs[1:]:
-            plt.vline(s + 0.5, "gray")
+            plt.vline(s + 1, "gray")
     ticks = sorted({1, *[round(1 + i * (x_max - 1) / 4) for i in range(5)]})
     plt.xticks(ticks, [str(t) for t in ticks])
     plt.xlabel("optimizer step" + (f"  ({len(epochs)} epochs)" if len(epochs) > 1 else ""))

@@ -22,7 +22,7 @@ from . import storage
 from .events import EPOCH_START, OPTIMIZER_STEP, OPTIMIZER_STEP_SKIPPED, ORIGIN_INIT, SCHEDULER_STEP, ZERO_GRAD
 
 SAMPLED = ("grad_norm", "param_norm", "update_norm", "update_ratio", "eff_lr")
-COLUMNS = ["event", "optimizer", "scheduler", "group", "step", "lr", "dur_ns", "iter_ns", "data_wait_ns", "cuda_ns",
+COLUMNS = ["seq", "event", "optimizer", "scheduler", "group", "step", "lr", "dur_ns", "iter_ns", "data_wait_ns", "cuda_ns",
            "origin", "loader", *SAMPLED]
 _OPTIONAL = {"cuda_ns", *SAMPLED}  # often entirely null: not read when the part's footer says so
 _KINDS = (OPTIMIZER_STEP, OPTIMIZER_STEP_SKIPPED, SCHEDULER_STEP, ZERO_GRAD, EPOCH_START)
@@ -253,9 +253,14 @@ class Scan:
         bounds = np.r_[0, np.cumsum(np.bincount(ev, minlength=_OTHER + 1))]
         rows = [order[bounds[k]:bounds[k + 1]] for k in range(_OTHER)]
         primary = rank == self.primary
+        seq = c.take("seq", None, -1)
         first_rows = None
         if len(rows[_STEP]):
-            first_rows = self._steps(rank, primary, c, rows[_STEP])
+            idx = rows[_STEP]
+            s = seq[idx]
+            if (s[1:] < s[:-1]).any():  # a part need not hold its rows in call order
+                idx = idx[np.argsort(s, kind="stable")]
+            first_rows = self._steps(rank, primary, c, idx)
         if len(rows[_SKIP]):
             self._skipped(rank, primary, c, rows[_SKIP])
         if len(rows[_SCHED]):
@@ -269,7 +274,7 @@ class Scan:
         if primary and len(rows[_ZERO]):
             self.zero_dur.add(c.take("dur_ns", rows[_ZERO], -1))
         if primary and (len(rows[_EPOCH]) or first_rows is not None):
-            self._epochs(c, rows[_EPOCH], first_rows)
+            self._epochs(c, seq, rows[_EPOCH], first_rows)
 
     def _steps(self, rank: int, primary: bool, c: Columns, idx: np.ndarray):
         """Optimizer steps: LR statistics for every rank; curve, samples and timing for the primary."""
@@ -336,7 +341,7 @@ class Scan:
             s = steps[m]
             cand = self.slowest[k] + [(int(by[j]), int(s[j]), int(d[j]), int(w[j])) for j in top]
             self.slowest[k] = sorted(cand, reverse=True)[:5]
-        return idx, o, steps
+        return c.take("seq", idx, -1), o, steps
 
     def _skipped(self, rank: int, primary: bool, c: Columns, idx: np.ndarray) -> None:
         idx = idx[c.take("group", idx, -1) <= 0]  # one row per skipped step
@@ -348,17 +353,17 @@ class Scan:
                 if len(self.skipped_steps[k]) < MAX_MARKS:
                     self.skipped_steps[k].append(s)
 
-    def _epochs(self, c: Columns, epoch_rows: np.ndarray, first_rows) -> None:
+    def _epochs(self, c: Columns, seq: np.ndarray, epoch_rows: np.ndarray, first_rows) -> None:
         """At each epoch start: how many steps each optimizer had done (its last step so far)."""
         positions = {}
         if first_rows is not None:
-            idx, o, steps = first_rows
+            step_seq, o, steps = first_rows
             for k in np.unique(o).tolist():
                 m = o == k
-                positions[k] = (idx[m], steps[m])
+                positions[k] = (step_seq[m], steps[m])
         if len(epoch_rows):
             loaders = c.take("loader", epoch_rows, -1)
-            for e, loader in zip(epoch_rows.tolist(), loaders.tolist()):
+            for e, loader in sorted(zip(seq[epoch_rows].tolist(), loaders.tolist())):
                 at = dict(self.last_step)
                 for k, (pos, st) in positions.items():
                     i = int(np.searchsorted(pos, e)) - 1

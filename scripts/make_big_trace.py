@@ -128,10 +128,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=10_000_000, help="optimizer_step rows (default 10M)")
     ap.add_argument("--groups", type=int, default=1, help="param groups of the optimizer")
     ap.add_argument("--epoch", type=int, default=1000, help="optimizer steps per epoch")
+    ap.add_argument("--part-events", type=int, default=EVENTS_PER_PART, help="events per part file")
     args = ap.parse_args()
 
     total = args.rows // args.groups
-    per_part = max(1, EVENTS_PER_PART // 3)
+    per_part = max(1, args.part_events // 3)
     rng = np.random.default_rng(0)
     start_ns = time.time_ns() - int(total * 3.6e6)  # the synthetic run ends now
     state = {"next": 1, "seq": 0, "t": start_ns}
