@@ -430,11 +430,12 @@ class Checker:
                 continue
             where = _where(ev.file, ev.line)
             kind = "NaN" if x != x else ("infinite" if x == _INF else "negative")
+            harm = "climbs the loss (gradient ascent)" if kind == "negative" else "turns the parameters into NaN"
             self._add("lr-nonfinite-or-negative", ev.step, ev.file, ev.line, lambda: (
                 f"{o.group_label(g)} of {o.label()} stepped with lr={_fmt(x)} ({kind}) at optimizer step {ev.step} "
-                f"({where}): a {kind} LR turns the parameters into NaN or moves them uphill. Check the schedule "
-                "that computed it (a lambda dividing by zero, a warmup past its end, a negative factor) and clamp "
-                "it."), opt=o.index, group=g)
+                f"({where}): a {kind} LR {harm}. Check the schedule that computed it (a decay sized for fewer "
+                "steps than the run, a division by zero, a negative factor) and clamp it at 0."),
+                opt=o.index, group=g)
 
     def _past_horizon(self, o: _Opt, ev: Event) -> None:
         for s in o.past:
