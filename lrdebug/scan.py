@@ -53,9 +53,12 @@ class Dist:
         self.counts = np.zeros(self.BINS, dtype=np.int64)
 
     def add(self, values: np.ndarray) -> None:
-        values = values[values >= 0]
         if not len(values):
             return
+        if values.min() < 0:  # -1: no value
+            values = values[values >= 0]
+            if not len(values):
+                return
         self.n += len(values)
         self.total += int(values.sum())
         self.max = max(self.max, int(values.max()))
@@ -249,9 +252,8 @@ class Scan:
         self.rows += batch.num_rows
         c = Columns(batch)
         ev = c.codes("event", _EV)
-        order = np.argsort(ev, kind="stable")
-        bounds = np.r_[0, np.cumsum(np.bincount(ev, minlength=_OTHER + 1))]
-        rows = [order[bounds[k]:bounds[k + 1]] for k in range(_OTHER)]
+        present = np.bincount(ev, minlength=_OTHER + 1)
+        rows = [np.flatnonzero(ev == k) if present[k] else np.empty(0, dtype=np.intp) for k in range(_OTHER)]
         primary = rank == self.primary
         seq = c.take("seq", None, -1)
         first_rows = None
@@ -259,16 +261,20 @@ class Scan:
             idx = rows[_STEP]
             s = seq[idx]
             if (s[1:] < s[:-1]).any():  # a part need not hold its rows in call order
-                idx = idx[np.argsort(s, kind="stable")]
-            first_rows = self._steps(rank, primary, c, idx)
+                order = np.argsort(s, kind="stable")
+                idx, s = idx[order], s[order]
+            first_rows = self._steps(rank, primary, c, idx, s)
         if len(rows[_SKIP]):
             self._skipped(rank, primary, c, rows[_SKIP])
         if len(rows[_SCHED]):
             idx = rows[_SCHED]
             idx = idx[(c.take("group", idx, -1) <= 0) & (c.codes("origin", {ORIGIN_INIT: 0}, idx) != 0)]
-            scheds, counts = np.unique(c.take("scheduler", idx, -1), return_counts=True)
-            for k, n in zip(scheds.tolist(), counts.tolist()):
-                self.sched_steps[(rank, k)] += n
+            scheds = c.take("scheduler", idx, -1)
+            if len(scheds) and scheds.min() == scheds.max():
+                self.sched_steps[(rank, int(scheds[0]))] += len(scheds)
+            else:
+                for k, n in zip(*[a.tolist() for a in np.unique(scheds, return_counts=True)]):
+                    self.sched_steps[(rank, k)] += n
             if primary:
                 self.sched_dur.add(c.take("dur_ns", idx, -1))
         if primary and len(rows[_ZERO]):
@@ -276,11 +282,13 @@ class Scan:
         if primary and (len(rows[_EPOCH]) or first_rows is not None):
             self._epochs(c, seq, rows[_EPOCH], first_rows)
 
-    def _steps(self, rank: int, primary: bool, c: Columns, idx: np.ndarray):
+    def _steps(self, rank: int, primary: bool, c: Columns, idx: np.ndarray, seq: np.ndarray):
         """Optimizer steps: LR statistics for every rank; curve, samples and timing for the primary."""
         o, g = c.take("optimizer", idx, -1), c.take("group", idx, -1)
+        single = o.min() == o.max() and g.min() == g.max()
         steps, lrs = c.take("step", idx, -1), c.take("lr", idx, np.nan).astype(np.float64, copy=False)
-        if o.min() == o.max() and g.min() == g.max():
+        all_steps = steps
+        if single:
             slices = [((int(o[0]), int(g[0])), slice(None))]
             order = None
         else:
@@ -302,8 +310,10 @@ class Scan:
         sampled = next((name for name in ("update_norm", "eff_lr", *SAMPLED) if c.has(name)), None)
         if sampled is not None:
             self._samples(c, idx if order is None else idx[order], sampled, slices)
+        if single and g[0] == 0:
+            return self._timing(c, idx, o, all_steps, seq)
         first = g == 0
-        return self._timing(c, idx[first], o[first])
+        return self._timing(c, idx[first], o[first], all_steps[first], seq[first])
 
     def _samples(self, c: Columns, idx: np.ndarray, probe: str, slices) -> None:
         valid = c.raw(probe)[1]
@@ -315,9 +325,8 @@ class Scan:
                 cols.update({name: c.take(name, rows, np.nan).astype(np.float64) for name in SAMPLED})
                 self.samples.setdefault(k, Samples()).add(cols)
 
-    def _timing(self, c: Columns, idx: np.ndarray, o: np.ndarray):
+    def _timing(self, c: Columns, idx: np.ndarray, o: np.ndarray, steps: np.ndarray, seq: np.ndarray):
         """Per optimizer, one row per step (group 0): durations, shares, slowest steps."""
-        steps = c.take("step", idx, -1)
         dur, it, wait = c.take("dur_ns", idx, -1), c.take("iter_ns", idx, -1), c.take("data_wait_ns", idx, -1)
         cuda = c.take("cuda_ns", idx, -1) if c.has("cuda_ns") else None
         single = len(o) and o.min() == o.max()
@@ -341,7 +350,7 @@ class Scan:
             s = steps[m]
             cand = self.slowest[k] + [(int(by[j]), int(s[j]), int(d[j]), int(w[j])) for j in top]
             self.slowest[k] = sorted(cand, reverse=True)[:5]
-        return c.take("seq", idx, -1), o, steps
+        return seq, o, steps
 
     def _skipped(self, rank: int, primary: bool, c: Columns, idx: np.ndarray) -> None:
         idx = idx[c.take("group", idx, -1) <= 0]  # one row per skipped step
@@ -358,9 +367,12 @@ class Scan:
         positions = {}
         if first_rows is not None:
             step_seq, o, steps = first_rows
-            for k in np.unique(o).tolist():
-                m = o == k
-                positions[k] = (step_seq[m], steps[m])
+            if len(o) and o.min() == o.max():
+                positions[int(o[0])] = (step_seq, steps)
+            else:
+                for k in np.unique(o).tolist():
+                    m = o == k
+                    positions[k] = (step_seq[m], steps[m])
         if len(epoch_rows):
             loaders = c.take("loader", epoch_rows, -1)
             for e, loader in sorted(zip(seq[epoch_rows].tolist(), loaders.tolist())):
@@ -377,7 +389,7 @@ class Scan:
 
 def read_part(path: Path, columns: list[str] = COLUMNS) -> tuple[list[pa.RecordBatch], int | None]:
     """One part's batches (optional columns that are entirely null are not read) and its largest ``t_ns``."""
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(path, memory_map=True)
     names = pf.schema_arrow.names
     md = pf.metadata
 
@@ -390,8 +402,8 @@ def read_part(path: Path, columns: list[str] = COLUMNS) -> tuple[list[pa.RecordB
     t_max = None
     if "t_ns" in names:
         maxima = [s.max for s, _ in stats("t_ns") if s is not None and s.has_min_max]
-        t_max = max(maxima) if maxima else None
-    table = pf.read(columns=wanted, use_threads=False)
+        t_max = max(maxima) if maxima and all(type(m) is int for m in maxima) else None
+    table = storage.conform(pf.read(columns=wanted, use_threads=False))  # an untrusted file: cast, validate
     if "event" not in table.column_names:
         raise ValueError("no event column")
     return table.to_batches(), t_max

@@ -286,3 +286,23 @@ def test_default_trace_is_the_newest_under_lrdebug_traces(capsys, steplr, rich_t
     status, out, _ = run_main(capsys, "report", "--format", "json")
     assert status == 0
     assert json.loads(out)["trace"]["path"] == os.path.join("lrdebug-traces", "a-new")
+
+
+def test_a_killed_rank_and_the_cross_rank_table(capsys, steplr, tmp_path):
+    """Two ranks; rank 1's process never closed its trace (its status still says running)."""
+    copy = tmp_path / "ranks"
+    shutil.copytree(steplr, copy)
+    shutil.copytree(copy / "rank=0", copy / "rank=1")
+    status_file = copy / "rank=1" / STATUS_FILE
+    status = json.loads(status_file.read_text())
+    status.update(state="running", complete=False)
+    status_file.write_text(json.dumps(status))
+    code, out, _ = run_main(capsys, "report", str(copy), "--format", "json")
+    d = json.loads(out)
+    assert code == 0 and d["ranks"] == [0, 1] and d["trace"]["complete"] is False
+    assert [s["state"] for s in d["trace"]["status"]] == ["closed", "running"]
+    assert [r["steps"] for r in d["optimizers"][0]["ranks"]] == [10, 10]
+    text = render(lrdebug.Report(copy), width=160)
+    assert "INCOMPLETE" in text and "rank 1" in text and "killed" in text
+    rank_rows = [line for line in text.splitlines() if line.startswith("│    1 │")]
+    assert rank_rows and "running" in rank_rows[0] and "0.0001" in rank_rows[0]
