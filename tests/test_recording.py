@@ -17,7 +17,7 @@ from torch.optim import lr_scheduler as S
 import lrdebug
 from lrdebug import patching
 
-from conftest import EXAMPLES, run_lrdebug, run_python
+from conftest import EXAMPLES, run_lrdebug
 
 
 def status(path: Path) -> dict:
@@ -51,14 +51,14 @@ def train_steps(model, optimizer, scheduler, steps: int) -> None:
 # ----------------------------------------------------------------------------- the examples' LRs
 @pytest.fixture(scope="module")
 def example_traces(tmp_path_factory):
-    """Each example run once: console script, python -m lrdebug, and explicit objects in plain python."""
+    """Each example run once, as the console script or ``python -m lrdebug``. The hand-written scheduler
+    run records two traces at once: auto mode from ``lrdebug run`` and, inside it, the script's own
+    ``lrdebug.trace(optimizer, scheduler)`` (``--trace``)."""
     root = tmp_path_factory.mktemp("examples")
     runs = {
         "steplr": run_lrdebug("run", "--out", str(root / "steplr"), str(EXAMPLES / "train_steplr.py"), cwd=root),
-        "hand_auto": run_lrdebug("run", "--out", str(root / "hand_auto"), str(EXAMPLES / "handwritten_scheduler.py"),
-                                 cwd=root, module=True),
-        "hand_explicit": run_python(str(EXAMPLES / "handwritten_scheduler.py"), "--trace", str(root / "hand_explicit"),
-                                    cwd=root),
+        "hand": run_lrdebug("run", "--out", str(root / "hand_auto"), str(EXAMPLES / "handwritten_scheduler.py"),
+                            "--trace", str(root / "hand_explicit"), cwd=root, module=True),
         "sgd": run_lrdebug("run", "--out", str(root / "sgd"), str(EXAMPLES / "read_lr_sgd.py"), cwd=root),
     }
     for name, proc in runs.items():
@@ -228,6 +228,7 @@ def test_leaving_the_block_restores_everything_and_completes_the_trace(tmp_path,
     try:
         with record:
             train_steps(model, optimizer, scheduler, 3)
+            duck.optimizer.step()
             duck.step()
             if ending == "exception":
                 raise error
@@ -240,7 +241,7 @@ def test_leaving_the_block_restores_everything_and_completes_the_trace(tmp_path,
     st = status(tmp_path / "t")
     assert st["state"] == "closed" and st["complete"] is True
     df = lrdebug.load(tmp_path / "t")
-    assert len(events(df, "optimizer_step")) == 3
+    assert len(events(df, "optimizer_step").query("optimizer == 0")) == 3
     assert len(events(df, "scheduler_step").query("origin == 'user'")) == (4 if mode == "explicit" else 3)
 
 
