@@ -50,7 +50,7 @@ def script_run(project):
     """Without --out: the trace goes to ./lrdebug-traces/<time>-<pid>/."""
     args = ["../proj/probe.py", "a", "--flag", "b c"]
     plain = run_python(*args, cwd=project / "work")
-    traced = run_lrdebug("run", *args, cwd=project / "work", env={"PROBE_TRAIN": "1"})
+    traced = run_lrdebug("run", *args, cwd=project / "work", env={"PROBE_TRAIN": "1", "OMP_NUM_THREADS": "1"})
     traces = list((project / "work" / "lrdebug-traces").iterdir())
     assert len(traces) == 1, traced.stderr
     return plain, traced, traces[0]
@@ -61,7 +61,7 @@ def module_run(project):
     out = project / "module-trace"
     plain = run_python("-m", "pkg.mod", "x", "-y", cwd=project / "proj")
     traced = run_lrdebug("run", "--out", str(out), "-m", "pkg.mod", "x", "-y", cwd=project / "proj",
-                         env={"PROBE_TRAIN": "1"}, module=True)
+                         env={"PROBE_TRAIN": "1", "OMP_NUM_THREADS": "1"}, module=True)
     return plain, traced, out
 
 

@@ -20,6 +20,15 @@ from lrdebug import patching
 from conftest import EXAMPLES, run_lrdebug
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The models here are tiny: on shared cores a second intra-op thread only spins."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def status(path: Path) -> dict:
     return json.loads((Path(path) / "rank=0" / "_lrdebug_status.json").read_text())
 
@@ -55,11 +64,13 @@ def example_traces(tmp_path_factory):
     run records two traces at once: auto mode from ``lrdebug run`` and, inside it, the script's own
     ``lrdebug.trace(optimizer, scheduler)`` (``--trace``)."""
     root = tmp_path_factory.mktemp("examples")
+    env = {"OMP_NUM_THREADS": "1"}
     runs = {
-        "steplr": run_lrdebug("run", "--out", str(root / "steplr"), str(EXAMPLES / "train_steplr.py"), cwd=root),
+        "steplr": run_lrdebug("run", "--out", str(root / "steplr"), str(EXAMPLES / "train_steplr.py"), cwd=root,
+                              env=env),
         "hand": run_lrdebug("run", "--out", str(root / "hand_auto"), str(EXAMPLES / "handwritten_scheduler.py"),
-                            "--trace", str(root / "hand_explicit"), cwd=root, module=True),
-        "sgd": run_lrdebug("run", "--out", str(root / "sgd"), str(EXAMPLES / "read_lr_sgd.py"), cwd=root),
+                            "--trace", str(root / "hand_explicit"), cwd=root, env=env, module=True),
+        "sgd": run_lrdebug("run", "--out", str(root / "sgd"), str(EXAMPLES / "read_lr_sgd.py"), cwd=root, env=env),
     }
     for name, proc in runs.items():
         assert proc.returncode == 0, f"{name}: {proc.stderr}"

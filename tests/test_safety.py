@@ -19,6 +19,15 @@ import lrdebug
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals, ulimit and fork")
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The models here are tiny: on shared cores a second intra-op thread only spins."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 ENDLESS = """
 import sys
 import torch
@@ -45,7 +54,7 @@ def test_sigkill_mid_run_leaves_every_written_part_readable(tmp_path, capfd):
     script, out = tmp_path / "endless.py", tmp_path / "trace"
     script.write_text(ENDLESS)
     proc = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
         deadline = time.monotonic() + 120
         while len(parts(out)) < 4 and proc.poll() is None and time.monotonic() < deadline:
@@ -99,7 +108,7 @@ def test_full_disk_reports_one_line_and_the_run_keeps_its_exit_status(tmp_path):
     lrdebug_exe = Path(sys.executable).with_name("lrdebug")
     proc = subprocess.run(["bash", "-c", 'ulimit -f 4 && exec "$0" run --out "$1" "$2"', lrdebug_exe, out, script],
                           cwd=tmp_path, capture_output=True, text=True, timeout=180,
-                          env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+                          env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1"))
     assert proc.returncode == 3, proc.stderr
     assert "finished 200 steps" in proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
