@@ -94,7 +94,11 @@ def renderables(report, width: int) -> Iterable[Any]:
     if d["optimizers"]:
         yield _lr_table(d)
         for o in d["optimizers"]:
-            chart = lr_chart(report, o["index"], max(40, width - 4))
+            try:
+                chart = lr_chart(report, o["index"], max(40, width - 4))
+            except Exception as exc:  # noqa: BLE001 - a chart that cannot be drawn must not cost the report
+                yield T(f"(no LR chart for {o['label']}: {type(exc).__name__}: {exc})", "yellow")
+                continue
             if chart is not None:
                 title = Text.assemble("LR schedule: ", T(o["label"]), " (vertical lines: epoch starts)"
                                       if report.epoch_steps(o["index"]) else "")

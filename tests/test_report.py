@@ -306,3 +306,23 @@ def test_a_killed_rank_and_the_cross_rank_table(capsys, steplr, tmp_path):
     assert "INCOMPLETE" in text and "rank 1" in text and "killed" in text
     rank_rows = [line for line in text.splitlines() if line.startswith("│    1 │")]
     assert rank_rows and "running" in rank_rows[0] and "0.0001" in rank_rows[0]
+
+
+def test_nonfinite_lrs_are_reported_not_fatal(capsys, tmp_path):
+    import torch
+
+    out = tmp_path / "nan"
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(lrdebug.LRDebugWarning, match="lr-nonfinite"), lrdebug.trace(opt, out=out, summary=False):
+        for lr in (0.1, float("nan"), float("inf"), 0.05):
+            opt.param_groups[0]["lr"] = lr
+            opt.zero_grad()
+            model(torch.ones(1, 2)).sum().backward()
+            opt.step()
+    code, out_json, _ = run_main(capsys, "report", str(out), "--format", "json")
+    g = json.loads(out_json)["optimizers"][0]["groups"][0]
+    assert code == 0 and g["steps"] == 4 and g["nonfinite_lr"] == 2
+    assert (g["first_lr"], g["min_lr"], g["max_lr"], g["last_lr"]) == (0.1, 0.05, 0.1, 0.05)
+    code, text, _ = run_main(capsys, "report", str(out), "--width", "100")
+    assert code == 0 and "lr-nonfinite-or-negative" in text
