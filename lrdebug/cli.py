@@ -77,7 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _end_run_options(argv: list[str]) -> list[str]:
+    """``run -m MOD --flag ...``: argparse would take the module's own options for ``run``'s, so
+    everything after the module name is marked as the target's (``--``)."""
+    if argv[:1] != ["run"]:
+        return argv
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "-m":
+            if i + 2 <= len(argv) and argv[i + 2:i + 3] != ["--"]:
+                return argv[:i + 2] + ["--"] + argv[i + 2:]
+            return argv
+        if arg in ("--out", "--ignore", "--sample-updates"):
+            i += 2
+        elif arg.startswith("-") and arg != "--":
+            i += 1
+        else:
+            return argv
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = _end_run_options(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
@@ -117,14 +139,21 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         argv = [args.module] + target
 
+    from . import child
+
+    child.suppress()  # this process records itself: a hook inherited from an outer `lrdebug run` stays idle
     from .recorder import trace
     from .storage import TraceError, check_output_dir
 
     t = trace(out=args.out, strict=args.strict, ignore=args.ignore, sample_updates=args.sample_updates,
               cuda_timing=args.cuda_timing)
+    launch = child.Launch(t, strict=args.strict, ignore=args.ignore, sample_updates=args.sample_updates,
+                          cuda_timing=args.cuda_timing)  # the processes the target starts are recorded too
     try:
         if args.out is not None:
-            check_output_dir(args.out, _run_id())
+            from .recorder import _known_rank
+
+            check_output_dir(args.out, _run_id(), _known_rank())
     except TraceError as e:
         raise CommandError(str(e)) from None
 
@@ -137,7 +166,7 @@ def run_command(args: argparse.Namespace) -> int:
         sys.path[0] = os.getcwd()
     status = 0
     try:
-        with t:
+        with t, launch:
             if args.module is None:
                 runpy.run_path(argv[0], run_name="__main__")  # not an absolute path: it becomes sys.argv[0]
             else:
@@ -145,10 +174,7 @@ def run_command(args: argparse.Namespace) -> int:
     except SystemExit as e:
         status = _exit_status(e.code)
     except KeyboardInterrupt:
-        import traceback
-
-        traceback.print_exc()
-        status = 130
+        raise  # Python prints it and dies by SIGINT, as the script alone would
     except BaseException:
         import traceback
 
@@ -158,6 +184,7 @@ def run_command(args: argparse.Namespace) -> int:
         sys.argv = saved_argv
         if saved_path0 is not None:
             sys.path[0] = saved_path0
+        launch.print_summary()
     return status
 
 

@@ -87,6 +87,9 @@ SCHEMA = pa.schema(
         ("update_ratio", pa.float64()),
         ("eff_lr", pa.float64()),
         ("thread", pa.int64()),
+        # The installed package's frame ("lightning/pytorch/core/optimizer.py:153") that made the call
+        # when file/line name the user's frame that led there (trainer.fit(...)); null otherwise.
+        ("framework_site", _dict_str),
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
@@ -165,9 +168,4 @@ class Finding:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-class LRDebugWarning(UserWarning):
-    """A finding of severity warning or error, reported at the user's line."""
-
-
-class LRDebugError(RuntimeError):
-    """Raised at the offending call under ``strict=True``, and for misuse of lrdebug itself."""
+from .errors import LRDebugError, LRDebugWarning  # noqa: E402,F401 - defined where pyarrow is not needed

@@ -287,11 +287,11 @@ class Installation:
         next_batch = _BaseDataLoaderIter.__next__
 
         def __next__(it):
+            # Only a delivered batch counts: the wait that ends in StopIteration belongs to no step.
             t0 = _now()
-            try:
-                return next_batch(it)
-            finally:
-                sink.data_wait(_now() - t0)
+            batch = next_batch(it)
+            sink.data_wait(_now() - t0)
+            return batch
 
         __next__.__wrapped__ = next_batch
         self.patches.set(_BaseDataLoaderIter, "__next__", __next__)

@@ -7,6 +7,7 @@ group, converting to Arrow, encoding Parquet — happens in the writer thread.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import math
@@ -63,45 +64,111 @@ _INTERNAL_PREFIXES = (_LRDEBUG_DIR + os.sep, _TORCH_DIR + os.sep)
 # Keyed by (id(code), f_lasti): hashing a code object and reading f_lineno both cost microseconds
 # in long functions, so they are computed once per new site. Code objects are kept referenced so
 # their ids are never reused.
-_code_internal: dict[int, bool] = {}
+_code_kind: dict[int, int] = {}
 _codes_kept: list[Any] = []
-_site_ids: dict[tuple[int, int], int] = {}
+_site_ids: dict[tuple, int] = {}
 SITES: list[tuple[str, int, str]] = []
+# Per site id: when the call came from an installed package (Lightning, transformers, accelerate ...),
+# that package's frame as "package/module.py:line", while SITES holds the user's frame that led there.
+FRAMEWORK_SITES: list[str | None] = []
 _site_lock = threading.Lock()
+
+_USER, _INTERNAL, _FRAMEWORK = 0, 1, 2  # kinds of code, decided once per code object
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_prefixes() -> tuple[str, ...]:
+    """Folders of installed code: site-packages (any venv or user site) and the standard library."""
+    import site
+    import sysconfig
+
+    dirs = set()
+    for key in ("purelib", "platlib", "stdlib", "platstdlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            dirs.add(path)
+    try:
+        dirs.update(site.getsitepackages())
+        dirs.add(site.getusersitepackages())
+    except AttributeError:  # a virtualenv's old site module
+        pass
+    dirs.update(p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages"))
+    return tuple(sorted({os.path.abspath(d) + os.sep for d in dirs}, key=len, reverse=True))
+
+
+def _code_kind_of(code) -> int:
+    kind = _code_kind.get(id(code))
+    if kind is None:
+        name = code.co_filename
+        path = os.path.abspath(name)
+        if path.startswith(_INTERNAL_PREFIXES):
+            kind = _INTERNAL
+        elif name.startswith("<frozen ") or path.startswith(_installed_prefixes()):
+            kind = _FRAMEWORK
+        else:
+            kind = _USER
+        with _site_lock:
+            _codes_kept.append(code)
+            _code_kind[id(code)] = kind
+    return kind
 
 
 def _is_internal(code) -> bool:
-    internal = _code_internal.get(id(code))
-    if internal is None:
-        internal = os.path.abspath(code.co_filename).startswith(_INTERNAL_PREFIXES)
-        with _site_lock:
-            _codes_kept.append(code)
-            _code_internal[id(code)] = internal
-    return internal
+    return _code_kind_of(code) == _INTERNAL
+
+
+def _framework_label(code, line: int) -> str:
+    path = os.path.abspath(code.co_filename)
+    for prefix in _installed_prefixes():
+        if path.startswith(prefix):
+            path = path[len(prefix):]
+            break
+    return f"{path}:{line}"
 
 
 def call_site() -> int:
-    """Id of the first frame outside lrdebug and torch (-1 if there is none)."""
+    """Id of the call site: the first frame outside lrdebug and torch; when that frame belongs to an
+    installed package (a framework's loop called ``optimizer.step()``), the user's frame that led
+    there (``trainer.fit(...)``), with the package's frame kept in FRAMEWORK_SITES (-1: no frame)."""
     f = sys._getframe(1)
-    known = _code_internal.get
+    known = _code_kind.get
     while f is not None:
-        internal = known(id(f.f_code))
-        if internal is None:
-            internal = _is_internal(f.f_code)
-        if not internal:
+        kind = known(id(f.f_code))
+        if kind is None:
+            kind = _code_kind_of(f.f_code)
+        if kind != _INTERNAL:
             break
         f = f.f_back
     if f is None:
         return -1
-    key = (id(f.f_code), f.f_lasti)
+    user = None
+    if kind == _USER:
+        key = (id(f.f_code), f.f_lasti)
+    else:
+        user = f.f_back
+        while user is not None:
+            kind = known(id(user.f_code))
+            if kind is None:
+                kind = _code_kind_of(user.f_code)
+            if kind == _USER:
+                break
+            user = user.f_back
+        key = (id(f.f_code), f.f_lasti, id(user.f_code), user.f_lasti) if user is not None else (
+            id(f.f_code), f.f_lasti, 0, -1)
     sid = _site_ids.get(key)
     if sid is None:
-        code = f.f_code
         with _site_lock:
             sid = _site_ids.get(key)
             if sid is None:
-                _codes_kept.append(code)
-                SITES.append((code.co_filename, f.f_lineno or 0, code.co_name))
+                _codes_kept.append(f.f_code)
+                framework = None
+                if len(key) > 2:
+                    framework = _framework_label(f.f_code, f.f_lineno or 0)
+                if user is not None:
+                    _codes_kept.append(user.f_code)
+                    f = user
+                SITES.append((f.f_code.co_filename, f.f_lineno or 0, f.f_code.co_name))
+                FRAMEWORK_SITES.append(framework)
                 sid = len(SITES) - 1
                 _site_ids[key] = sid
     return sid
@@ -221,6 +288,8 @@ _NO_GROUPS = (None,)
 class Recorder:
     """Records one trace. Created by ``trace()``; callbacks arrive from ``patching`` via ``_Sink``."""
 
+    writer_class = PartWriter  # a subclass may write lazily or elsewhere (lrdebug.child)
+
     def __init__(
         self,
         objects: Iterable[Any] = (),
@@ -255,6 +324,7 @@ class Recorder:
         self._sched_list: list[_Sched] = []
         self._registry_lock = threading.RLock()
         self._data_wait = 0
+        self._late_skips: dict[int, int] = {}  # optimizer -> fused GradScaler skips found on a device so far
         self._filter: set[int] | None = None
         self._instance_patches: list[tuple[Any, Any]] = []
         self.enabled = False
@@ -274,15 +344,18 @@ class Recorder:
             except ImportError:
                 self.checker = None
         self.writer: PartWriter | None = None
+        self._dist: tuple[int, int] | None = None  # (rank, world size) once torch.distributed told us
+        self._part_rank: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Recorder:
-        check_output_dir(self.path, self.run_id)
-        self.writer = PartWriter(
+        check_output_dir(self.path, self.run_id, _known_rank())
+        lifecycle.check_free(self.path)
+        self.writer = self.writer_class(
             self.path,
             drain=self._drain,
             metadata=self.metadata,
-            rank=_rank,
+            rank=self._trace_rank,
             run_id=self.run_id,
             on_error=self._writer_failed,
             interval_s=self.flush_seconds,
@@ -401,7 +474,8 @@ class Recorder:
 
     def _internal_error(self, reason: str) -> None:
         self.incomplete = self.incomplete or f"internal error: {reason}"
-        self._report_once(f"lrdebug: internal error ({reason}); recording stopped, training continues")
+        self._report_once(f"lrdebug: internal error ({reason}); recording stopped, training continues; "
+                          f"the trace in {self.path} is incomplete")
         self.enabled = False
 
     def _report_once(self, line: str) -> None:
@@ -414,6 +488,7 @@ class Recorder:
 
     # ------------------------------------------------------------------ registry
     def _opt_state(self, opt) -> _Opt:
+        opt = _unwrap_optimizer(opt)
         st = self._opts.get(id(opt))
         if st is not None and st.ref() is opt:
             return st
@@ -422,6 +497,7 @@ class Recorder:
             st.info = _optimizer_info(opt, st.index)
             self._opt_list.append(st)
             self._opts[id(opt)] = st
+        self._observe_rank()
         if self.checker is not None:
             self.checker.register_optimizer(st.index, st.info)
         return st
@@ -447,12 +523,28 @@ class Recorder:
     def _wants(self, obj) -> bool:
         return self._filter is None or id(obj) in self._filter
 
+    def _observe_rank(self) -> None:
+        """Remember rank and world size while torch.distributed knows them: scripts often call
+        destroy_process_group() before the trace is closed."""
+        if self._dist is None:
+            self._dist = _dist_rank_world()
+
+    def _trace_rank(self) -> int:
+        """The rank of this process's partition, fixed when the first part is written."""
+        if self._part_rank is None:
+            self._observe_rank()
+            self._part_rank = self._dist[0] if self._dist else _rank()
+        return self._part_rank
+
     def metadata(self) -> dict[str, Any]:
+        self._observe_rank()
+        rank, world = self._dist or (_rank(), _world_size())
         with self._registry_lock:
             optimizers = [dict(o.info) for o in self._opt_list]
             for o, info in zip(self._opt_list, optimizers):
-                info["steps"] = o.steps
-                info["skipped"] = o.skipped
+                late = self._late_skips.get(o.index, 0)
+                info["steps"] = o.steps - late
+                info["skipped"] = o.skipped + late
             schedulers = [dict(s.info) for s in self._sched_list]
             for s, info in zip(self._sched_list, schedulers):
                 info["steps"] = s.steps
@@ -466,8 +558,8 @@ class Recorder:
             "pid": self._pid,
             "host": _hostname(),
             "run_id": self.run_id,
-            "rank": _rank(),
-            "world_size": _world_size(),
+            "rank": self._part_rank if self._part_rank is not None else rank,
+            "world_size": world,
             "start_unix_ns": self.start_unix_ns,
             "sample_updates": self.sample_updates,
             "cuda_timing": self.cuda_timing,
@@ -486,9 +578,12 @@ class Recorder:
             ev = ev._replace(lrs=tuple([None if type(v) is _Deferred else v for v in ev.lrs]))
         try:
             new = checker.feed(ev)
-        except Exception as e:  # noqa: BLE001 - a bug in a rule must not stop training
+        except Exception as e:  # noqa: BLE001 - a bug in a rule must stop neither training nor recording
             self.checker = None
-            self._internal_error(f"a check failed: {type(e).__name__}: {e}")
+            reason = f"a live check failed: {type(e).__name__}: {e}"
+            self.incomplete = self.incomplete or reason
+            self._report_once(f"lrdebug: internal error ({reason}); checks stopped, recording to {self.path} "
+                              "and training continue")
             return
         for f in new:
             self._report_finding(f)
@@ -569,8 +664,13 @@ class Recorder:
         if st.scaled:
             # Fused optimizer under GradScaler: the kernel skipped the update when found_inf > 0.
             found_inf = opt.__dict__.get("found_inf")
-            if isinstance(found_inf, torch.Tensor) and found_inf.device.type == "cpu":
-                skipped = float(found_inf) > 0
+            if isinstance(found_inf, torch.Tensor):
+                if found_inf.device.type == "cpu":
+                    skipped = float(found_inf) > 0
+                else:
+                    # On a device it is read later, without a sync (see _apply_late_skips).
+                    self._late_skips.setdefault(st.index, 0)
+                    extra = (*(extra or (None, None)), _Deferred(found_inf))
         grads = _grad_states(groups, st)
         iter_ns = t1 - st.last_t if st.last_t else None
         st.last_t = t1
@@ -766,7 +866,32 @@ class Recorder:
         step_rows, other_rows = steps[:n_steps], other[:n_other]
         del steps[:n_steps]
         del other[:n_other]
-        return columns_from_rows(step_rows, other_rows, self._offset_ns, _rank())
+        if self._late_skips:
+            self._apply_late_skips(step_rows, other_rows)
+        return columns_from_rows(step_rows, other_rows, self._offset_ns, self._trace_rank())
+
+    def _apply_late_skips(self, step_rows: list[tuple], other_rows: list[tuple]) -> None:
+        """A fused optimizer on a device tells a GradScaler skip in a tensor, read only now: make those
+        rows skipped steps and renumber the optimizer's later rows, as the CPU path numbers them live."""
+        done = dict(self._late_skips)
+        new: dict[int, list[int]] = {}
+        for k, row in enumerate(step_rows):
+            event, seq, opt, extra = row[0], row[1], row[4], row[11]
+            step = row[5] - done.get(opt, 0) - len(new.get(opt, ()))
+            if extra is not None and len(extra) > 2:
+                if _resolve(extra[2]) > 0:
+                    event = OPTIMIZER_STEP_SKIPPED
+                    new.setdefault(opt, []).append(seq)
+                extra = extra[:2] if extra[0] is not None or extra[1] is not None else None
+            step_rows[k] = (event, seq, row[2], row[3], opt, step) + row[6:11] + (extra,)
+        for k, row in enumerate(other_rows):
+            opt, step = row[4], row[6]
+            if opt is not None and step is not None and opt in done:
+                shift = done[opt] + bisect.bisect(new.get(opt, ()), row[1])
+                if shift:
+                    other_rows[k] = row[:6] + (step - shift,) + row[7:]
+        for opt, seqs in new.items():
+            self._late_skips[opt] = done.get(opt, 0) + len(seqs)
 
 
 def columns_from_rows(step_rows: list[tuple], other_rows: list[tuple], offset_ns: int,
@@ -835,7 +960,10 @@ def expand_steps(rows: list[tuple], offset_ns: int, rank: int) -> tuple[dict[str
     grads = _column(rows, 8)
     site = np.fromiter(map(operator.itemgetter(6), rows), dtype=np.int32, count=n)
     file_col, line_col, func_col = _site_columns(site)
-    t_abs = np.fromiter(map(operator.itemgetter(2), rows), dtype=np.int64, count=n) + offset_ns
+    # t_ns is when the event completed: rows are numbered (seq) at completion, so t_ns is monotone
+    # in seq even for nested calls (SequentialLR's children, zero_grad inside an LBFGS closure).
+    t_abs = (np.fromiter(map(operator.itemgetter(2), rows), dtype=np.int64, count=n)
+             + np.fromiter(map(operator.itemgetter(3), rows), dtype=np.int64, count=n) + offset_ns)
     event = pa.array(_column(rows, 0), pa.string()).dictionary_encode()
     take = (lambda a: a) if uniform else (lambda a: a.take(idx))
     columns: dict[str, Any] = {
@@ -851,6 +979,7 @@ def expand_steps(rows: list[tuple], offset_ns: int, rank: int) -> tuple[dict[str
         "file": take(file_col),
         "line": take(line_col),
         "func": take(func_col),
+        "framework_site": take(_framework_column(site)),
         "grad": pa.array(list(itertools.chain.from_iterable(grads)), type=pa.int8()),
         "iter_ns": maybe(9, pa.int64()),
         "data_wait_ns": maybe(10, pa.int64()),
@@ -869,6 +998,14 @@ def _site_columns(site: np.ndarray):
     funcs = pa.DictionaryArray.from_arrays(ids, pa.array([s[2] for s in sites], pa.string()))
     lines = pa.array([s[1] for s in sites], pa.int32()).take(ids)
     return files, lines, funcs
+
+
+def _framework_column(site: np.ndarray):
+    """framework_site as a dictionary array indexed by site id (null for the user's own calls)."""
+    labels = FRAMEWORK_SITES[: int(site.max()) + 1] if len(site) and site.max() >= 0 else []
+    has_label = np.array([label is not None for label in labels] + [False], dtype=bool)
+    ids = pa.array(site, mask=~has_label[site], type=pa.int32())  # site -1 reads the final False
+    return pa.DictionaryArray.from_arrays(ids, pa.array([label or "" for label in labels], pa.string()))
 
 
 def _extra_columns(extra: list, counts: np.ndarray, total: int) -> dict[str, list]:
@@ -890,7 +1027,7 @@ def _extra_columns(extra: list, counts: np.ndarray, total: int) -> dict[str, lis
                     per_group["update_ratio"][pos + g] = un / pn if (pn and un is not None) else None
                     per_group["eff_lr"][pos + g] = un / gn if (gn and un is not None) else None
         pos += c
-    return per_group
+    return {k: pa.array(v, type=_SCHEMA_TYPES[k]) for k, v in per_group.items()}
 
 
 def expand_rows(rows: list[tuple], offset_ns: int, rank: int) -> tuple[dict[str, Any], int]:
@@ -914,7 +1051,7 @@ def expand_rows(rows: list[tuple], offset_ns: int, rank: int) -> tuple[dict[str,
     columns: dict[str, Any] = {
         "rank": pa.array(np.full(total, rank, dtype=np.int32)),
         "seq": col(seq, pa.int64()),
-        "t_ns": pa.array(np.array(t0, dtype=np.int64) + offset_ns).take(idx),
+        "t_ns": pa.array(np.array(t0, dtype=np.int64) + np.array(dur, dtype=np.int64) + offset_ns).take(idx),
         "event": pa.array(event, pa.string()).dictionary_encode().take(idx),
         "optimizer": col(opt, pa.int32()),
         "scheduler": col(sched, pa.int32()),
@@ -925,6 +1062,7 @@ def expand_rows(rows: list[tuple], offset_ns: int, rank: int) -> tuple[dict[str,
         "file": file_col.take(idx),
         "line": line_col.take(idx),
         "func": func_col.take(idx),
+        "framework_site": _framework_column(np.array(site, dtype=np.int32)).take(idx),
         "origin": col(origin, pa.string()),
         "parent": col(parent, pa.int32()),
         "value": col(value, pa.float64()),
@@ -978,7 +1116,8 @@ def _sample_after(sampled):
             if not params:
                 result.append((None, None, None))
                 continue
-            un = _norm(torch._foreach_sub([p.detach() for p in params], before))
+            torch._foreach_sub_(before, [p.detach() for p in params])  # the copy becomes -update
+            un = _norm(before)
             values = torch.stack([gn, pn, un])
             result.append(tuple(values.tolist()) if values.device.type == "cpu" else _Deferred(values))
         return tuple(result)
@@ -1052,8 +1191,20 @@ def _scheduler_info(sched, index: int, opt_index: int | None) -> dict[str, Any]:
                 pass
     if hasattr(sched, "_milestones"):
         params["milestones"] = _jsonable(sched._milestones)
+    elif isinstance(getattr(sched, "milestones", None), dict):  # MultiStepLR keeps a Counter
+        params["milestones"] = sorted(int(m) for m in sched.milestones.elements())[:64]
     return {"index": index, "class": type(sched).__name__, "module": type(sched).__module__,
             "optimizer": opt_index, "params": params}
+
+
+def _unwrap_optimizer(opt):
+    """The torch optimizer inside a wrapper that subclasses Optimizer (accelerate's
+    AcceleratedOptimizer, which HF Trainer's scheduler holds): the wrapper's step runs the inner
+    optimizer's, which is the one the step hooks see."""
+    inner = getattr(opt, "optimizer", None)
+    while isinstance(inner, torch.optim.Optimizer) and inner is not opt:
+        opt, inner = inner, getattr(inner, "optimizer", None)
+    return opt
 
 
 def effective_lr(optimizer) -> list[float]:
@@ -1071,6 +1222,41 @@ def _torchrun_run_id() -> str | None:
         return "torchrun-{}-{}-{}".format(os.environ["TORCHELASTIC_RUN_ID"], os.environ.get("MASTER_ADDR", ""),
                                           os.environ["MASTER_PORT"])
     return None
+
+
+def _dist_rank_world() -> tuple[int, int] | None:
+    """Rank and world size when torch.distributed is initialised (local calls, no communication)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return int(dist.get_rank()), int(dist.get_world_size())
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
+def _known_rank() -> int | None:
+    """The rank if already known (torch.distributed, else RANK), for refusing an existing partition
+    before training. None after a torchrun restart: refusing would kill the restarted worker, so its
+    writer reports the existing partition once and training goes on."""
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0"):
+        return None
+    known = _dist_rank_world()
+    if known is not None:
+        return known[0]
+    v = os.environ.get("RANK", "")
+    return int(v) if v.strip().isdigit() else None
+
+
+def _launch_name() -> str | None:
+    """A directory name that every rank of one torchrun launch derives alike, without talking."""
+    rid = os.environ.get("TORCHELASTIC_RUN_ID")
+    if rid is None:
+        return None
+    if rid in ("", "none"):  # torchrun's default id is the same at every launch: add the agent's pid
+        rid = f"{os.environ.get('MASTER_PORT', '')}-{os.getppid()}"
+    return "torchrun-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in rid)
 
 
 def _rank() -> int:
@@ -1111,13 +1297,24 @@ def _default_out() -> Path:
     shared = os.environ.get("LRDEBUG_TRACE_DIR")
     if shared:
         return Path(shared)
+    launch = _launch_name()  # under torchrun, all ranks share one directory
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("lrdebug-traces") / f"{stamp}-{os.getpid()}"
+    base = path = Path("lrdebug-traces") / (launch or f"{stamp}-{os.getpid()}")
+    n = 1
+    # A second trace in the same second (nested, re-entered); under torchrun every rank counts alike.
+    while path in _DEFAULT_OUTS or (launch is None and path.exists()):
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    _DEFAULT_OUTS.add(path)
+    return path
+
+
+_DEFAULT_OUTS: set[Path] = set()
 
 
 def print_summary(rec: Recorder, findings: list[Finding]) -> None:
     """One screen on stderr at the end: where the trace is and what was found."""
-    if rec.writer is not None and rec.writer.failed:
+    if rec._error_reported:
         return  # the one line reporting the failure already said it all; findings would be partial
     try:
         lines = [f"lrdebug: trace written to {rec.path}" + ("" if not rec.incomplete else f" (incomplete: {rec.incomplete})")]

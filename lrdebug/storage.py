@@ -4,6 +4,10 @@ Layout of a trace directory::
 
     <trace>/rank=<r>/part-000000.parquet     complete Parquet files, written atomically (tmp + rename)
     <trace>/rank=<r>/_lrdebug_status.json    run metadata, state (running/closed), completeness, findings
+    <trace>/_lrdebug_run.json                 the run id that owns the directory (ranks of one run share it)
+
+The rank is the Hive partition key: the files do not repeat it as a column (pandas and Spark refuse a
+column that is also a partition key); readers take it from ``rank=<r>``.
 
 Every part also carries the run metadata as JSON in its schema metadata, so the parts alone describe
 the run when a process was killed before writing its status.
@@ -26,8 +30,12 @@ import pyarrow.parquet as pq
 
 from .events import COLUMNS, METADATA_KEY, SCHEMA, SCHEMA_MAJOR, SCHEMA_VERSION, STATUS_FILE
 
-_PART_RE = re.compile(r"^part-(\d+)\.parquet$")
-_RANK_RE = re.compile(r"^rank=(\d+)$")
+# ASCII digits, and ranks that fit an int32: a trace is untrusted input.
+_PART_RE = re.compile(r"^part-([0-9]{1,18})\.parquet$")
+_RANK_RE = re.compile(r"^rank=([0-9]{1,9})$")
+STATUS_MAX_BYTES = 64 << 20
+RUN_FILE = "_lrdebug_run.json"
+_RUN_TMP_RE = re.compile(r"^\._lrdebug_run\.json\.[0-9a-f]+\.tmp$")
 _DICT_COLUMNS = [f.name for f in SCHEMA if pa.types.is_dictionary(f.type)]
 _WRITE_OPTIONS = dict(
     compression="zstd",
@@ -97,6 +105,7 @@ class PartWriter:
         self.parts = 0
         self.rows = 0
         self.failed: str | None = None
+        self.keep_empty = True  # False: a process that wrote no row leaves no partition at all
         self._pid = os.getpid()
         self._wake = threading.Event()
         self._stop = False
@@ -148,7 +157,7 @@ class PartWriter:
         table = table_from_columns(columns, n, self._metadata())
         name = f"part-{self.parts:06d}.parquet"
         tmp = rank_dir / f".{name}.tmp"
-        pq.write_table(table, tmp, **_WRITE_OPTIONS)
+        pq.write_table(table.drop_columns(["rank"]), tmp, **_WRITE_OPTIONS)
         os.replace(tmp, rank_dir / name)
         self.parts += 1
         self.rows += n
@@ -174,7 +183,7 @@ class PartWriter:
             return
         self.flush()
         with self._lock:
-            if self.failed and self.rank_dir is None:
+            if self.rank_dir is None and (self.failed or not self.keep_empty):
                 return
             incomplete = self.failed or reason
             try:
@@ -193,7 +202,7 @@ class PartWriter:
 def claim_rank_dir(rank_dir: Path, run_id: str) -> None:
     """Create ``rank=<r>/`` for this run; refuse one that exists (never overwrite a trace)."""
     root = rank_dir.parent
-    root.mkdir(parents=True, exist_ok=True)
+    claim_root(root, run_id)
     for other in root.iterdir():
         if not _RANK_RE.match(other.name):
             continue
@@ -206,16 +215,62 @@ def claim_rank_dir(rank_dir: Path, run_id: str) -> None:
         raise TraceError(f"{rank_dir} already exists; an existing trace is never overwritten") from None
 
 
-def check_output_dir(root: Path, run_id: str) -> None:
-    """Refuse, before training starts, an output directory that holds anything but this run's ranks."""
+def claim_root(root: Path, run_id: str) -> None:
+    """Mark ``root`` as this run's trace before any rank directory is made in it.
+
+    The marker appears with its content in one step (a hard link to a complete file), so ranks that
+    start together see either no marker or the first rank's; a marker of another run is refused.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / RUN_FILE
+    if not marker.exists():
+        import uuid
+
+        tmp = root / f".{RUN_FILE}.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(json.dumps({"run_id": run_id, "schema_version": SCHEMA_VERSION}))
+        try:
+            os.link(tmp, marker)
+        except FileExistsError:
+            pass  # another rank of this run (or another run) got there first: checked below
+        except OSError:  # a filesystem without hard links
+            if not marker.exists():
+                os.replace(tmp, marker)
+        finally:
+            tmp.unlink(missing_ok=True)
+    if read_run_id(root) != run_id:
+        raise TraceError(f"{root} holds a trace of another run; choose another output directory "
+                         "(ranks of one job started without torchrun must share LRDEBUG_RUN_ID)")
+
+
+def read_run_id(root: Path) -> str | None:
+    """The run id in ``root``'s marker, or None when missing or unreadable."""
+    try:
+        data = json.loads((Path(root) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("run_id") if isinstance(data, dict) else None
+
+
+def check_output_dir(root: Path, run_id: str, rank: int | None = None) -> None:
+    """Refuse, before training starts, an output directory that holds anything but this run's other
+    ranks (a rank written twice would be an earlier trace overwritten)."""
     root = Path(root)
     if not root.exists():
         return
     if not root.is_dir():
         raise TraceError(f"{root} exists and is not a directory; choose another output directory (--out)")
+    has_marker = (root / RUN_FILE).exists()
+    ours = has_marker and read_run_id(root) == run_id
+    if has_marker and not ours:
+        raise TraceError(f"{root} holds a trace of another run; choose another output directory (--out)")
     for entry in root.iterdir():
-        status = read_status(entry) if _RANK_RE.match(entry.name) else None
-        if status is None or status.get("run_id") != run_id:
+        if (ours and entry.name == RUN_FILE) or _RUN_TMP_RE.match(entry.name):
+            continue  # this run's marker, or another rank of this run writing it now
+        is_rank = _RANK_RE.match(entry.name) is not None
+        status = read_status(entry) if is_rank else None
+        # A rank directory of this run may have no status yet: its rank is starting right now.
+        same_run = is_rank and (ours or (status is not None and status.get("run_id") == run_id))
+        if not same_run or entry.name == f"rank={rank}":
             raise TraceError(
                 f"{root} already exists and is not empty; an existing trace is never overwritten: "
                 "choose another output directory (--out)"
@@ -223,10 +278,18 @@ def check_output_dir(root: Path, run_id: str) -> None:
 
 
 def read_status(rank_dir: Path) -> dict[str, Any] | None:
-    """The status JSON of one rank, or None when missing or unreadable."""
+    """The status JSON of one rank, or None when missing or unreadable (not a regular file, too big,
+    not JSON, nested too deep)."""
+    path = rank_dir / STATUS_FILE
     try:
-        data = json.loads((rank_dir / STATUS_FILE).read_text())
-    except (OSError, ValueError):
+        if not path.is_file():  # a FIFO would block, /dev/zero would never end
+            return None
+        with open(path, "rb") as f:
+            raw = f.read(STATUS_MAX_BYTES + 1)
+        if len(raw) > STATUS_MAX_BYTES:
+            return None
+        data = json.loads(raw)
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -257,13 +320,15 @@ class Trace:
 
 
 def _check_version(version: Any, where: Path) -> None:
+    """Refuse a newer major version (TraceError); an unreadable one is damage (ValueError)."""
+    text = str(version)[:20]
     try:
-        major = int(str(version).split(".")[0])
+        major = int(text.split(".")[0])
     except ValueError:
-        raise TraceError(f"{where}: unreadable schema version {version!r}") from None
+        raise ValueError(f"unreadable schema version {text!r}") from None
     if major > SCHEMA_MAJOR:
         raise TraceError(
-            f"{where}: trace schema version {version} is newer than this lrdebug reads "
+            f"{where}: trace schema version {text} is newer than this lrdebug reads "
             f"({SCHEMA_VERSION}); upgrade lrdebug"
         )
 
@@ -278,14 +343,33 @@ def _part_meta(schema: pa.Schema) -> dict[str, Any]:
     return meta
 
 
-def _conform(table: pa.Table, columns: list[str]) -> pa.Table:
-    """Cast a part to the current schema's columns: missing ones become null, others are dropped."""
+def conform(table: pa.Table) -> pa.Table:
+    """The columns of a part that the schema knows, cast to the schema's types and fully validated
+    (UTF-8, offsets, dictionary indices), so that readers can trust every buffer. Raises on a column
+    that cannot be cast or on damaged data."""
+    names = [n for n in table.column_names if n in SCHEMA.names]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate columns")
+    arrays = []
+    for name in names:
+        col, typ = table.column(name), SCHEMA.field(name).type
+        arrays.append(col if col.type == typ else col.cast(typ))
+    out = pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(n) for n in names]))
+    out.validate(full=True)
+    return out
+
+
+def _conform(table: pa.Table, columns: list[str], rank: int) -> pa.Table:
+    """Cast a part to the current schema's columns: missing ones become null, others are dropped;
+    ``rank`` comes from the partition directory."""
+    table = conform(table)
     arrays = []
     for name in columns:
         f = SCHEMA.field(name)
         if name in table.column_names:
-            col = table.column(name)
-            arrays.append(col if col.type == f.type else col.cast(f.type))
+            arrays.append(table.column(name))
+        elif name == "rank":
+            arrays.append(pa.repeat(pa.scalar(rank, f.type), table.num_rows))
         else:
             arrays.append(pa.nulls(table.num_rows, f.type))
     return pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(c) for c in columns]))
@@ -299,7 +383,7 @@ def find_parts(root: Path) -> list[tuple[int, int, Path]]:
             continue
         for f in rank_dir.iterdir():
             pm = _PART_RE.match(f.name)
-            if pm:
+            if pm and f.is_file():  # a FIFO or a device named like a part would block or never end
                 parts.append((int(m.group(1)), int(pm.group(1)), f))
     return sorted(parts)
 
@@ -325,7 +409,10 @@ def read_trace(path: str | os.PathLike, columns: list[str] | None = None) -> Tra
     for rank_dir in rank_dirs:
         status = read_status(rank_dir)
         if status is not None:
-            _check_version(status.get("schema_version", "1.0"), rank_dir / STATUS_FILE)
+            try:
+                _check_version(status.get("schema_version", "1.0"), rank_dir / STATUS_FILE)
+            except ValueError:
+                continue  # a damaged status: the parts still describe the run
             rank = int(_RANK_RE.match(rank_dir.name).group(1))
             trace.status[rank] = status
             if isinstance(status.get("meta"), dict):
@@ -335,13 +422,15 @@ def read_trace(path: str | os.PathLike, columns: list[str] | None = None) -> Tra
         try:
             pf = pq.ParquetFile(part)
             meta = _part_meta(pf.schema_arrow)
+            _check_version(meta.get("schema_version", "1.0"), part)
+        except TraceError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any unreadable part is skipped and named
             trace.skipped.append(f"{part.relative_to(root)} ({_short(exc)})")
             continue
-        _check_version(meta.get("schema_version", "1.0"), part)
         try:
             present = [c for c in wanted if c in pf.schema_arrow.names]
-            table = _conform(pf.read(columns=present), wanted)
+            table = _conform(pf.read(columns=present), wanted, rank)
         except Exception as exc:  # noqa: BLE001
             trace.skipped.append(f"{part.relative_to(root)} ({_short(exc)})")
             continue
@@ -358,8 +447,9 @@ def read_trace(path: str | os.PathLike, columns: list[str] | None = None) -> Tra
 
 
 def _short(exc: Exception) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]
+    """One printable line: a message may quote bytes of the trace (escape sequences included)."""
+    text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:200])
 
 
 def load(path: str | os.PathLike, columns: list[str] | None = None):
@@ -367,4 +457,7 @@ def load(path: str | os.PathLike, columns: list[str] | None = None):
     trace = read_trace(path, columns)
     for note in trace.skipped:
         print(f"lrdebug: skipped unreadable part {note}", file=sys.stderr)
-    return trace.to_pandas()
+    try:
+        return trace.to_pandas()
+    except (pa.ArrowException, ValueError) as exc:  # parts are validated; this is the last line of defence
+        raise TraceError(f"{trace.path}: unreadable trace ({_short(exc)})") from None
