@@ -29,7 +29,6 @@ from .events import (
     OPTIMIZER_STEP_SKIPPED,
     ORIGIN_CHILD,
     ORIGIN_INIT,
-    ORIGIN_USER,
     SCHEDULER_INIT,
     SCHEDULER_LOAD_STATE,
     SCHEDULER_STEP,
@@ -92,7 +91,7 @@ class _Opt:
 
     __slots__ = ("index", "cls", "names", "applied", "skipped", "last_seq", "expected", "from_sched", "driven",
                  "last_sched", "in_epoch", "epoch_mark", "epochs", "restored", "load_seq", "load_lrs", "scheds",
-                 "touched", "past", "last_user", "prev_skipped", "after_skip", "pairs")
+                 "touched", "past", "last_user", "prev_skipped", "after_skip", "pairs", "last_sched_site")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -104,7 +103,8 @@ class _Opt:
         self.expected: tuple | None = None  # LRs as last seen (step, scheduler, load, add_param_group)
         self.from_sched = False  # `expected` was left by a scheduler step
         self.driven = False  # a scheduler has stepped this optimizer (user or child step)
-        self.last_sched: tuple | None = None  # (scheduler, file, line) of the last scheduler step
+        self.last_sched: _Sched | None = None  # the last scheduler that stepped it, and where
+        self.last_sched_site: tuple = (None, None)
         self.in_epoch = 0  # steps since the last epoch_start
         self.epoch_mark = -1
         self.epochs = 0  # epochs in which this optimizer stepped
@@ -345,7 +345,7 @@ class Checker:
         o.last_seq = ev.seq
 
     def _optimizer_step(self, ev: Event) -> None:
-        o = self._opt(ev.optimizer)
+        o = self._opts.get(ev.optimizer) or self._opt(ev.optimizer)
         if o is None:
             return
         o.applied += 1
@@ -385,8 +385,8 @@ class Checker:
                 continue
             where = _where(ev.file, ev.line)
             if o.driven and o.last_sched is not None:
-                si, sfile, sline = o.last_sched
-                s = self._scheds[si]
+                s, (sfile, sline) = o.last_sched, o.last_sched_site
+                si = s.index
                 if o.from_sched:
                     what = (f"{s.label()} set it to {_fmt(before)} at {_where(sfile, sline)}, and other code wrote "
                             f"{_fmt(now)} before the optimizer stepped")
@@ -464,12 +464,12 @@ class Checker:
 
     # ------------------------------------------------------------------ schedulers
     def _scheduler_step(self, ev: Event) -> None:
-        s = self._sched(ev.scheduler)
+        s = self._scheds.get(ev.scheduler) or self._sched(ev.scheduler)
         if s is None:
             return
         if s.first_seq is None:
             s.first_seq = ev.seq
-        o = self._opt(ev.optimizer)
+        o = self._opts.get(ev.optimizer) or self._opt(ev.optimizer)
         origin = ev.origin
         if origin == ORIGIN_INIT:
             if s.created_seq is None:
@@ -482,29 +482,30 @@ class Checker:
             s.child_steps += 1
         else:
             s.user_steps += 1
-        if s.cls != _PLATEAU:
-            value = _int(ev.value)
-            if value is not None and ev.value is not None:
-                s.pos = value
+        if s.end is not None:  # the position matters only for a finite schedule
+            epoch = _int(ev.value) if ev.value is not None else None
+            if epoch is not None:
+                s.pos = epoch  # step(epoch): the deprecated explicit position
             elif s.pos is not None:
                 s.pos += 1
             else:
                 # Registered at this very step (or just before the trace): take the lower estimate.
-                s.pos = _int(s.params.get("last_epoch"))
+                s.pos = _int(s.params.get("last_epoch")) or 0
         if o is None:
             return
         o.expected = ev.lrs
         o.from_sched = True
         o.driven = True
-        o.last_sched = (s.index, ev.file, ev.line)
-        if origin == ORIGIN_USER:
+        o.last_sched = s
+        o.last_sched_site = (ev.file, ev.line)
+        if origin != ORIGIN_CHILD:
             self._user_step(o, s, ev)
-        if s.end is not None and s.pos is not None:
+        if s.end is not None:
             if s.pos > s.end and not s.epoch_flagged:
                 if s not in o.past:
                     o.past.append(s)
                     s.past_site = (ev.file, ev.line)
-            elif s in o.past:
+            elif o.past and s in o.past:
                 o.past.remove(s)
 
     def _user_step(self, o: _Opt, s: _Sched, ev: Event) -> None:
@@ -512,25 +513,25 @@ class Checker:
             s.first_site = (ev.file, ev.line)
         if o.prev_skipped:
             o.after_skip += 1
-        stepped = o.applied + o.skipped
-        if stepped == 0:
-            self._before_first_step(o, s, ev)
-        else:
+        if o.applied or o.skipped:
             if not s.resume_checked:
                 s.resume_checked = True
                 self._check_resume(o, s, ev)
             s.k += 1
             if s.k == 1:
                 o.touched.append(s)
-            else:
+            elif s.k == 2:
                 self._multiple_steps(o, s, ev)
+        else:
+            self._before_first_step(o, s, ev)
         last = o.last_user
-        if last is not None and last is not s and s.user_steps > 1 and last.user_steps > 0:
-            self._multiple_schedulers(o, s, last, ev)
-        o.last_user = s
+        if last is not s:
+            if last is not None and s.user_steps > 1 and last.user_steps > 0:
+                self._multiple_schedulers(o, s, last, ev)
+            o.last_user = s
         s.k_epoch += 1
-        if (s.epoch_len is not None and not s.epoch_flagged and self._epochs and o.in_epoch >= 2
-                and s.k_epoch >= o.in_epoch - 1 and s.k_epoch > s.epoch_len):
+        if (s.epoch_len is not None and s.k_epoch > s.epoch_len and not s.epoch_flagged and self._epochs
+                and o.in_epoch >= 2 and s.k_epoch >= o.in_epoch - 1):
             self._epoch_per_batch(o, s, ev)
 
     def _before_first_step(self, o: _Opt, s: _Sched, ev: Event) -> None:
@@ -564,7 +565,7 @@ class Checker:
     def _check_resume(self, o: _Opt, s: _Sched, ev: Event) -> None:
         """At a scheduler's first user step after its optimizer started: was the run resumed without it?"""
         restored = o.restored if (o.restored or 0) > 0 else s.init_value
-        if not restored or restored <= 0 or s.cls == _PLATEAU or s.is_child:
+        if not restored or restored <= 0 or s.cls == _PLATEAU:
             return
         where = _where(ev.file, ev.line)
         built = _where(*s.init_site) if s.init_site[0] else "its constructor"
@@ -589,8 +590,6 @@ class Checker:
                   sched=s.index)
 
     def _multiple_steps(self, o: _Opt, s: _Sched, ev: Event) -> None:
-        if s.k != 2:
-            return
         s.burst_from = o.applied
         where = _where(ev.file, ev.line)
         f = self._add("scheduler-multiple-steps", ev.step, ev.file, ev.line, lambda: self._burst_message(

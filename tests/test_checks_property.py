@@ -185,7 +185,7 @@ def _offline(events, meta, path: Path):
     return check_trace(storage.Trace(path=path, table=table, meta={0: meta}))
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(streams(), loops()))
 def test_live_equals_offline_and_never_raises(tmp_path_factory, stream):
     opts, scheds, events = stream
@@ -194,7 +194,7 @@ def test_live_equals_offline_and_never_raises(tmp_path_factory, stream):
     assert [f.to_dict() for f in offline] == [f.to_dict() for f in live]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.builds(
     Event, event=st.sampled_from(EVENTS + ("other",)), seq=st.integers(-5, 50),
     optimizer=st.none() | st.integers(-1, 3), scheduler=st.none() | st.integers(-1, 3),
