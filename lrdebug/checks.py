@@ -548,7 +548,7 @@ class Checker:
         self._add("scheduler-before-optimizer", ev.step, ev.file, ev.line, lambda: (
             f"{s.label()} stepped at {where} before {o.label()} ever stepped, so the schedule's first value is "
             f"skipped: the first optimizer step will use lr={lr}, the schedule's second value, and every later "
-            "step is one position ahead (warmup starts late, decays come early). Call optimizer.step() before "
+            "step is one position ahead (warmup loses a step, decays come a step early). Call optimizer.step() before "
             "scheduler.step() in each iteration."), opt=o.index, sched=s.index)
 
     def _orphaned(self, o: _Opt, s: _Sched, step, file, line, others: int) -> None:
@@ -600,7 +600,8 @@ class Checker:
         span = (f"between optimizer steps {start} and {end}" if end is not None
                 else f"after optimizer step {start}")
         return (f"{s.label()} stepped {k} times {span} (the extra step at {where}): each step advances the "
-                f"schedule, so it runs {k}x too fast (warmup ends early, decays come early). Step the scheduler "
+                f"schedule, so it moved {k} positions for one optimizer step and runs ahead of training (warmup "
+                "ends early, decays come early). Step the scheduler "
                 "once per optimizer step (under gradient accumulation: only when the optimizer steps), or once "
                 "per epoch, not both.")
 
@@ -627,7 +628,7 @@ class Checker:
         where = _where(ev.file, ev.line)
         k = s.k_epoch
         self._add("epoch-scheduler-stepped-per-batch", ev.step, ev.file, ev.line, lambda: (
-            f"{s.label()} ({_schedule_text(s)}) is stepped once per batch ({k} steps in the first {o.in_epoch} "
+            f"scheduler {s.index} ({s.cls}, {_schedule_text(s)}) is stepped once per batch ({k} steps in the first {o.in_epoch} "
             f"optimizer steps of this epoch, at {where}), but its schedule is sized like a number of epochs: it "
             f"ran through {s.epoch_len} steps within a single epoch, so the LR "
             f"{'cycles' if s.cls == 'CosineAnnealingLR' else 'collapses'} long before training ends. Step it once "
@@ -754,10 +755,10 @@ class Checker:
                 if s.is_child:
                     continue
                 file, line = s.init_site
-                built = f"built at {_where(file, line)}" if file else "given to lrdebug.trace()"
+                built = f"built at {_where(file, line)}" if file else "passed to lrdebug.trace()"
                 self._add("scheduler-never-stepped", None, file, line, lambda: (
                     f"{o.label()} stepped {o.applied} times{f' over {o.epochs} epochs' if self._epochs else ''}, "
-                    f"but {s.label()} ({built}) never stepped: the LR stayed at its initial value the whole run. "
+                    f"but scheduler {s.index} ({s.cls}, {built}) never stepped: the LR stayed at its initial value the whole run. "
                     "Call scheduler.step() after optimizer.step() (per batch or per epoch, as the schedule is "
                     "sized)."), opt=o.index, sched=s.index)
 
