@@ -139,23 +139,23 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         argv = [args.module] + target
 
+    from .storage import TraceError, check_output_dir
+
+    try:  # refuse an existing trace before paying for importing torch
+        if args.out is not None:
+            check_output_dir(args.out, _run_id(), _rank_from_env())
+    except TraceError as e:
+        raise CommandError(str(e)) from None
+
     from . import child
 
     child.suppress()  # this process records itself: a hook inherited from an outer `lrdebug run` stays idle
     from .recorder import trace
-    from .storage import TraceError, check_output_dir
 
     t = trace(out=args.out, strict=args.strict, ignore=args.ignore, sample_updates=args.sample_updates,
               cuda_timing=args.cuda_timing)
     launch = child.Launch(t, strict=args.strict, ignore=args.ignore, sample_updates=args.sample_updates,
                           cuda_timing=args.cuda_timing)  # the processes the target starts are recorded too
-    try:
-        if args.out is not None:
-            from .recorder import _known_rank
-
-            check_output_dir(args.out, _run_id(), _known_rank())
-    except TraceError as e:
-        raise CommandError(str(e)) from None
 
     os.environ.setdefault("LRDEBUG_RUN_ID", _run_id())
     saved_argv, saved_path0 = sys.argv, sys.path[0] if sys.path else None
@@ -167,19 +167,20 @@ def run_command(args: argparse.Namespace) -> int:
     status = 0
     try:
         with t, launch:
-            if args.module is None:
-                runpy.run_path(argv[0], run_name="__main__")  # not an absolute path: it becomes sys.argv[0]
-            else:
-                runpy.run_module(args.module, run_name="__main__", alter_sys=True)
+            try:
+                if args.module is None:
+                    runpy.run_path(argv[0], run_name="__main__")  # not an absolute path: it becomes sys.argv[0]
+                else:
+                    runpy.run_module(args.module, run_name="__main__", alter_sys=True)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as e:
+                _print_user_traceback(e)  # before the trace's summary, so the path is the last thing said
+                status = 1
     except SystemExit as e:
         status = _exit_status(e.code)
     except KeyboardInterrupt:
         raise  # Python prints it and dies by SIGINT, as the script alone would
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        status = 1
     finally:
         sys.argv = saved_argv
         if saved_path0 is not None:
@@ -188,10 +189,32 @@ def run_command(args: argparse.Namespace) -> int:
     return status
 
 
-def _run_id() -> str:
-    from .recorder import _torchrun_run_id
+def _rank_from_env() -> int | None:
+    """The rank a launcher gave this process (None after a torchrun restart, which may reuse its partition)."""
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0"):
+        return None
+    v = os.environ.get("RANK", "")
+    return int(v) if v.strip().isdigit() else None
 
-    rid = os.environ.get("LRDEBUG_RUN_ID") or _torchrun_run_id()
+
+def _print_user_traceback(exc: BaseException) -> None:
+    """The traceback python would print: frames of lrdebug and runpy above the script are left out."""
+    import traceback
+
+    tb = exc.__traceback__
+    internal = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(runpy.__file__)))
+    def is_internal(filename: str) -> bool:
+        return filename.startswith("<frozen runpy") or os.path.dirname(os.path.abspath(filename)) in internal
+
+    while tb is not None and is_internal(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb if tb is not None else exc.__traceback__)
+
+
+def _run_id() -> str:
+    from .storage import torchrun_run_id
+
+    rid = os.environ.get("LRDEBUG_RUN_ID") or torchrun_run_id()
     if rid is None:
         import uuid
 

@@ -51,7 +51,7 @@ from .events import (
     LRDebugWarning,
 )
 from .events import SCHEMA
-from .storage import PartWriter, TraceError, check_output_dir
+from .storage import PartWriter, TraceError, check_output_dir, torchrun_run_id as _torchrun_run_id
 
 _SCHEMA_TYPES = {f.name: f.type for f in SCHEMA}
 
@@ -1217,13 +1217,6 @@ def effective_lr(optimizer) -> list[float]:
 
 
 # ------------------------------------------------------------------------------ environment
-def _torchrun_run_id() -> str | None:
-    if "TORCHELASTIC_RUN_ID" in os.environ and "MASTER_PORT" in os.environ:
-        return "torchrun-{}-{}-{}".format(os.environ["TORCHELASTIC_RUN_ID"], os.environ.get("MASTER_ADDR", ""),
-                                          os.environ["MASTER_PORT"])
-    return None
-
-
 def _dist_rank_world() -> tuple[int, int] | None:
     """Rank and world size when torch.distributed is initialised (local calls, no communication)."""
     try:

@@ -50,6 +50,14 @@ _WRITE_OPTIONS = dict(
 )
 
 
+def torchrun_run_id() -> str | None:
+    """An id every rank of one torchrun launch derives alike from its environment, without talking."""
+    if "TORCHELASTIC_RUN_ID" in os.environ and "MASTER_PORT" in os.environ:
+        return "torchrun-{}-{}-{}".format(os.environ["TORCHELASTIC_RUN_ID"], os.environ.get("MASTER_ADDR", ""),
+                                          os.environ["MASTER_PORT"])
+    return None
+
+
 class TraceError(Exception):
     """Unusable trace input; the CLI prints it as one line and exits 2."""
 
