@@ -788,32 +788,54 @@ _COLUMNS = ["rank", "seq", "t_ns", "event", "optimizer", "scheduler", "group", "
             "origin", "parent", "value", "grad", "loader"]
 
 
+def _pylist(table, name: str) -> list:
+    """A column as Python values (None for nulls), built with numpy rather than value by value."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    if name not in table.column_names:
+        return [None] * n
+    col = table.column(name).combine_chunks()
+    if pa.types.is_dictionary(col.type):
+        words = np.array(col.dictionary.to_pylist() + [None], dtype=object)
+        return words[col.indices.fill_null(len(words) - 1).to_numpy(zero_copy_only=False)].tolist()
+    values = np.array(col.fill_null(0).to_numpy(zero_copy_only=False), dtype=object)
+    if col.null_count:
+        values[pc.is_null(col).to_numpy(zero_copy_only=False)] = None
+    return values.tolist()
+
+
 def events_from_table(table) -> Iterator[Event]:
     """Rebuild the Events of one rank from its rows (one row per param group for per-group events)."""
+    import numpy as np
+
+    if not table.num_rows:
+        return
     table = table.sort_by([("seq", "ascending"), ("group", "ascending")])
-    cols = {c: (table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows)
-            for c in _COLUMNS}
-    seq, group, lr, grad = cols["seq"], cols["group"], cols["lr"], cols["grad"]
-    n = table.num_rows
-    i = 0
-    while i < n:
-        j = i + 1
-        while j < n and seq[j] == seq[i]:
-            j += 1
+    seq_np = table.column("seq").to_numpy()
+    starts = np.flatnonzero(np.concatenate(([True], seq_np[1:] != seq_np[:-1]))).tolist()
+    ends = starts[1:] + [table.num_rows]
+    event, opt, sched, step, lr, file, line, origin, parent, value, grad, group, loader = (
+        _pylist(table, c) for c in ("event", "optimizer", "scheduler", "step", "lr", "file", "line", "origin",
+                                    "parent", "value", "grad", "group", "loader"))
+    seq = seq_np.tolist()
+    make = Event._make
+    empty: tuple = ()
+    for i, j in zip(starts, ends):
         if group[i] is None:
-            lrs: tuple = ()
-            grads: tuple = ()
+            lrs = grads = empty
+        elif j == i + 1:
+            lrs = (lr[i],)
+            grads = empty if grad[i] is None else (grad[i],)
         else:
             lrs = tuple(lr[i:j])
-            g = grad[i:j]
-            grads = tuple(g) if any(x is not None for x in g) else ()
-        value = cols["value"][i]
-        yield Event(
-            cols["event"][i], seq[i], optimizer=cols["optimizer"][i], scheduler=cols["scheduler"][i],
-            step=cols["step"][i], lrs=lrs, grads=grads, file=cols["file"][i], line=cols["line"][i],
-            origin=cols["origin"][i], parent=cols["parent"][i], value=value, loader=cols["loader"][i],
-            rank=cols["rank"][i] or 0, t_ns=cols["t_ns"][i] or 0)
-        i = j
+            grads = tuple(grad[i:j])
+            if all(g is None for g in grads):
+                grads = empty
+        yield make((event[i], seq[i], opt[i], sched[i], step[i], lrs, grads, file[i], line[i], origin[i], parent[i],
+                    value[i], loader[i], 0, 0))
 
 
 def check_rank(table, meta: dict[str, Any]) -> list[Finding]:
