@@ -31,7 +31,9 @@ import pyarrow.parquet as pq
 from .events import COLUMNS, METADATA_KEY, SCHEMA, SCHEMA_MAJOR, SCHEMA_VERSION, STATUS_FILE
 
 # ASCII digits, and ranks that fit an int32: a trace is untrusted input.
-_PART_RE = re.compile(r"^part-([0-9]{1,18})\.parquet$")
+# part-000007.parquet, or part-000000-000063.parquet: parts 0..63 merged into one file
+_PART_RE = re.compile(r"^part-([0-9]{1,18})(?:-([0-9]{1,18}))?\.parquet$")
+MERGE_PARTS = 64  # small parts (one per flush) are merged in groups of this many, so files stay few
 _RANK_RE = re.compile(r"^rank=([0-9]{1,9})$")
 STATUS_MAX_BYTES = 64 << 20
 RUN_FILE = "_lrdebug_run.json"
@@ -111,6 +113,7 @@ class PartWriter:
         self.interval_s = interval_s
         self.rank_dir: Path | None = None
         self.parts = 0
+        self._small: list[Path] = []  # single parts not merged yet
         self.rows = 0
         self.failed: str | None = None
         self.keep_empty = True  # False: a process that wrote no row leaves no partition at all
@@ -169,6 +172,30 @@ class PartWriter:
         os.replace(tmp, rank_dir / name)
         self.parts += 1
         self.rows += n
+        self._small.append(rank_dir / name)
+        if len(self._small) >= MERGE_PARTS:
+            self._merge_small_parts()
+
+    def _merge_small_parts(self) -> None:
+        """Rewrite the small parts as one file, then delete them; readers skip parts a merged file
+        covers, so a crash between the two steps duplicates nothing, and a failure only leaves them."""
+        small, self._small = self._small, []
+        if len(small) < 2:
+            return
+        first, last = (int(_PART_RE.match(p.name).group(1)) for p in (small[0], small[-1]))
+        name = f"part-{first:06d}-{last:06d}.parquet"
+        tmp = small[0].parent / f".{name}.tmp"
+        try:
+            schema = pq.read_schema(small[-1])  # the last part's metadata has the fullest object registry
+            with pq.ParquetWriter(tmp, schema, **_WRITE_OPTIONS) as writer:
+                for part in small:
+                    writer.write_table(pq.read_table(part).replace_schema_metadata(schema.metadata))
+            os.replace(tmp, small[0].parent / name)
+        except Exception:  # noqa: BLE001 - the small parts are still there and complete
+            tmp.unlink(missing_ok=True)
+            return
+        for part in small:
+            part.unlink(missing_ok=True)
 
     def _write_status(self, **fields: Any) -> None:
         status = {
@@ -194,6 +221,8 @@ class PartWriter:
             if self.rank_dir is None and (self.failed or not self.keep_empty):
                 return
             incomplete = self.failed or reason
+            if not self.failed:
+                self._merge_small_parts()
             try:
                 self._write_status(
                     state="closed",
@@ -389,10 +418,17 @@ def find_parts(root: Path) -> list[tuple[int, int, Path]]:
         m = _RANK_RE.match(rank_dir.name)
         if not m or not rank_dir.is_dir():
             continue
+        found = []
         for f in rank_dir.iterdir():
             pm = _PART_RE.match(f.name)
             if pm and f.is_file():  # a FIFO or a device named like a part would block or never end
-                parts.append((int(m.group(1)), int(pm.group(1)), f))
+                first = int(pm.group(1))
+                found.append((first, int(pm.group(2)) if pm.group(2) else None, f))
+        merged = [(a, b) for a, b, _ in found if b is not None]
+        for first, last, f in found:
+            if last is None and any(a <= first <= b for a, b in merged):
+                continue  # also in a merged part (the process ended before deleting it)
+            parts.append((int(m.group(1)), first, f))
     return sorted(parts)
 
 
