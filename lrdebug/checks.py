@@ -132,7 +132,7 @@ class _Sched:
 
     __slots__ = ("index", "cls", "torch_cls", "opt", "children", "is_child", "params", "first_seq", "created_seq",
                  "init_site", "init_value", "init_lrs", "init_pos", "user_steps", "child_steps", "k", "k_epoch",
-                 "pos", "loaded", "burst", "burst_from", "epoch_len", "end", "epoch_flagged", "past_site", "over",
+                 "pos", "loaded", "burst", "burst_from", "k_site", "k_same", "held", "epoch_len", "end", "epoch_flagged", "past_site", "over",
                  "resume_checked", "first_site")
 
     def __init__(self, index: int) -> None:
@@ -157,6 +157,9 @@ class _Sched:
         self.loaded = False
         self.burst: Finding | None = None  # a scheduler-multiple-steps finding whose count is still open
         self.burst_from = 0
+        self.k_site: tuple = (None, None)  # where the first user step since the optimizer's last step was
+        self.k_same = True  # every user step since then came from that same line
+        self.held: tuple | None = None  # (step, file, line) of a second step, judged when the burst ends
         self.epoch_len: int | None = None  # schedule length if it were sized in epochs
         self.end: int | None = None  # last valid position of a finite schedule
         self.epoch_flagged = False
@@ -231,6 +234,9 @@ class Checker:
         self._zero_seq = -1  # seq of the last zero_grad of any kind
         self._epochs = 0  # epoch_start events so far
         self._finished = False
+        # Processes in the run (offline: from the trace's metadata); see _multiple_steps.
+        size = os.environ.get("WORLD_SIZE", "")
+        self.world_size = max(int(size), 1) if size.isdigit() else 1
         self._handlers = {
             OPTIMIZER_STEP: self._optimizer_step,
             OPTIMIZER_STEP_SKIPPED: self._optimizer_skipped,
@@ -332,7 +338,7 @@ class Checker:
         o.in_epoch += 1
         if o.touched:
             for s in o.touched:
-                if s.burst is not None:
+                if s.burst is not None or s.held is not None:
                     self._close_burst(o, s, ev.step)
                 s.k = 0
             o.touched.clear()
@@ -520,8 +526,13 @@ class Checker:
             s.k += 1
             if s.k == 1:
                 o.touched.append(s)
-            elif s.k == 2:
-                self._multiple_steps(o, s, ev)
+                s.k_site = (ev.file, ev.line)
+                s.k_same = True
+            else:
+                if s.k_same and (ev.file, ev.line) != s.k_site:
+                    s.k_same = False
+                if s.k == 2:
+                    self._multiple_steps(o, s, ev)
         else:
             self._before_first_step(o, s, ev)
         last = o.last_user
@@ -591,6 +602,11 @@ class Checker:
 
     def _multiple_steps(self, o: _Opt, s: _Sched, ev: Event) -> None:
         s.burst_from = o.applied
+        if self.world_size > 1:
+            # Accelerate's scheduler wrapper steps once per process for every optimizer step: wait for
+            # the optimizer's next step to see how many steps this burst had, and from where.
+            s.held = (ev.step, ev.file, ev.line)
+            return
         where = _where(ev.file, ev.line)
         f = self._add("scheduler-multiple-steps", ev.step, ev.file, ev.line, lambda: self._burst_message(
             s, 2, s.burst_from, None, where), opt=o.index, sched=s.index)
@@ -606,6 +622,14 @@ class Checker:
                 "per epoch, not both.")
 
     def _close_burst(self, o: _Opt, s: _Sched, end: int | None) -> None:
+        if s.held is not None:
+            (step, file, line), s.held = s.held, None
+            if s.k == self.world_size and s.k_same:
+                return  # one step per process from one call: a wrapper such as accelerate's
+            k, where = s.k, _where(file, line)
+            self._add("scheduler-multiple-steps", step, file, line, lambda: self._burst_message(
+                s, k, s.burst_from, end, where), opt=o.index, sched=s.index)
+            return
         f, s.burst = s.burst, None
         f.message = self._burst_message(s, s.k, s.burst_from, end, _where(f.file, f.line))
 
@@ -734,7 +758,7 @@ class Checker:
             self._new = None
             for o in self._opts.values():
                 for s in o.touched:
-                    if s.burst is not None:
+                    if s.burst is not None or s.held is not None:
                         self._close_burst(o, s, None)
             self._end_of_run()
             self._final_messages()
@@ -841,6 +865,7 @@ def events_from_table(table) -> Iterator[Event]:
 def check_rank(table, meta: dict[str, Any]) -> list[Finding]:
     """Run the engine over the rows of one rank, with that rank's object registry."""
     checker = Checker()
+    checker.world_size = _int((meta or {}).get("world_size")) or 1
     for key, register in (("optimizers", checker.register_optimizer), ("schedulers", checker.register_scheduler)):
         for info in (meta or {}).get(key) or []:
             if isinstance(info, dict) and _int(info.get("index")) is not None:

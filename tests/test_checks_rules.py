@@ -411,3 +411,23 @@ def test_events_about_unknown_objects_are_harmless():
                Event("add_param_group", 4, optimizer=5, lrs=())]:
         assert list(c.feed(ev)) == []
     assert c.finish() == []
+
+
+def test_one_step_per_process_from_one_call_is_accelerates_wrapper(monkeypatch):
+    """accelerate's AcceleratedScheduler steps the scheduler num_processes times per optimizer step."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    s = Stream().optimizer().scheduler(0, "LambdaLR")
+    for _ in range(6):
+        s.zero().step()
+        for _ in range(4):
+            s.sstep(line=40)
+    assert s.codes() == []
+    s2 = Stream().optimizer().scheduler(0, "LambdaLR")  # stepped per micro-batch: 3 per step, not 4
+    for _ in range(6):
+        s2.zero().step()
+        for _ in range(3):
+            s2.sstep(line=40)
+    found = s2.c.finish()
+    assert [(f.code, f.step, f.line, f.count) for f in found] == [("scheduler-multiple-steps", 1, 40, 6)]
+    assert "stepped 3 times between optimizer steps 1 and 2" in found[0].message
+    assert [f.code for f in s2.new] == ["scheduler-multiple-steps"]  # reported when the next step came
