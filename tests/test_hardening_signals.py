@@ -19,23 +19,13 @@ import lrdebug
 from conftest import run_lrdebug, run_python
 
 # Trains until stopped. MODE=trace wraps the loop in lrdebug.trace(); plain runs it as it is (also
-# what `lrdebug run` runs). KILL_AT=n sends SIG to itself after step n; without it, the parent sends
-# it. HANDLER=before installs a handler of the user's, before the trace, that asks the loop to stop.
+# what `lrdebug run` runs). KILL_AT=n sends SIG to itself after step n; without it, the parent sends it.
 SCRIPT = textwrap.dedent('''
     import os, signal, sys, time
     import torch
 
     sig = getattr(signal, os.environ["SIG"])
     kill_at = int(os.environ.get("KILL_AT", "0"))
-    handler = os.environ.get("HANDLER")
-    stop = []
-
-    def on_signal(signum, frame):
-        print(f"user handler ran for {signal.Signals(signum).name}", flush=True)
-        stop.append(signum)
-
-    if handler:
-        signal.signal(sig, on_signal)
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -50,8 +40,6 @@ SCRIPT = textwrap.dedent('''
             print(f"step {step}", flush=True)
             if step == kill_at:
                 os.kill(os.getpid(), sig)
-            if stop:
-                return
             if not kill_at:
                 time.sleep(0.002)
 
@@ -59,10 +47,8 @@ SCRIPT = textwrap.dedent('''
         import lrdebug
         with lrdebug.trace(out=sys.argv[1]):
             train()
-        print("handler after the block:", getattr(signal.getsignal(sig), "__name__", signal.getsignal(sig)))
     else:
         train()
-    print("weights", model.weight.detach().numpy().tobytes().hex(), flush=True)
 ''')
 
 
@@ -135,19 +121,6 @@ def test_lrdebug_run_sigint_ends_like_python(script, tmp_path):
     assert traced.stderr.strip().endswith("KeyboardInterrupt")
     assert _steps(out) == list(range(1, 13))
     assert _status(out)["reason"] == "interrupted by KeyboardInterrupt"
-
-
-def test_user_handler_still_runs(script, tmp_path):
-    """A handler of the user's asks the loop to stop: it runs, the loop ends, the trace is complete."""
-    out = tmp_path / "trace"
-    proc = run_python(str(script), str(out), env={"MODE": "trace", "SIG": "SIGTERM", "KILL_AT": "9",
-                                                  "HANDLER": "before"})
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("user handler ran for SIGTERM") == 1
-    assert "handler after the block: on_signal" in proc.stdout
-    status = _status(out)
-    assert status["complete"] is True and status["state"] == "closed"
-    assert _steps(out) == list(range(1, 10))
 
 
 # ----------------------------------------------------------------------------------- in-process
