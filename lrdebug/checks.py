@@ -65,6 +65,12 @@ def _int(v: Any) -> int | None:
     return int(f) if f is not None and math.isfinite(f) else None
 
 
+def _count(v: Any) -> int:
+    """A step count read from a trace (0 when absent or not a usable number)."""
+    n = _int(v)
+    return n if n is not None and n > 0 else 0
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
@@ -559,8 +565,8 @@ class Checker:
         self._add("scheduler-before-optimizer", ev.step, ev.file, ev.line, lambda: (
             f"{s.label()} stepped at {where} before {o.label()} ever stepped, so the schedule's first value is "
             f"skipped: the first optimizer step will use lr={lr}, the schedule's second value, and every later "
-            "step is one position ahead (warmup loses a step, decays come a step early). Call optimizer.step() before "
-            "scheduler.step() in each iteration."), opt=o.index, sched=s.index)
+            "step is one position ahead (warmup loses a step, decays come a step early). Call "
+            "optimizer.step() before scheduler.step() in each iteration."), opt=o.index, sched=s.index)
 
     def _orphaned(self, o: _Opt, s: _Sched, step, file, line, others: int) -> None:
         where = _where(file, line)
@@ -571,27 +577,26 @@ class Checker:
             "from the optimizer you step (after re-creating it)."), opt=o.index, sched=s.index)
 
     def _resumed(self, o: _Opt, s: _Sched) -> bool:
-        return (o.restored or 0) > 0 or any((x.init_value or 0) > 0 for x in o.scheds)
+        return bool(_count(o.restored) or any(_count(x.init_value) for x in o.scheds))
 
     def _check_resume(self, o: _Opt, s: _Sched, ev: Event) -> None:
         """At a scheduler's first user step after its optimizer started: was the run resumed without it?"""
-        restored = o.restored if (o.restored or 0) > 0 else s.init_value
-        if not restored or restored <= 0 or s.cls == _PLATEAU:
+        restored = _count(o.restored) or _count(s.init_value)
+        if not restored or s.cls == _PLATEAU:
             return
         where = _where(ev.file, ev.line)
         built = _where(*s.init_site) if s.init_site[0] else "its constructor"
         if (o.load_seq is not None and s.created_seq is not None and s.created_seq > o.load_seq
                 and not _same_lrs(s.init_lrs, o.load_lrs)):
             msg = (f"{s.label()} was built ({built}) after {o.label()}.load_state_dict() restored an optimizer "
-                   f"that had taken {int(restored)} steps, and its constructor overwrote the restored LR "
+                   f"that had taken {restored} steps, and its constructor overwrote the restored LR "
                    f"{_fmt(o.load_lrs[0]) if o.load_lrs else '?'} with {_fmt(s.init_lrs[0]) if s.init_lrs else '?'}: "
                    f"the resumed run restarts the schedule (warmup again; first stepped at {where}). Build the "
-                   "scheduler first, then load the "
-                   "optimizer's and the scheduler's state_dict.")
+                   "scheduler first, then load the optimizer's and the scheduler's state_dict.")
         elif (not s.loaded and s.user_steps == 1
               and ((s.init_pos or 0) <= 0 if s.created_seq is not None
                    else (_int(s.params.get("last_epoch")) or 0) <= 1)):
-            msg = (f"{o.label()} resumed with {int(restored)} steps in its state, but {s.label()} starts from "
+            msg = (f"{o.label()} resumed with {restored} steps in its state, but {s.label()} starts from "
                    f"scratch (first stepped at {where}, never load_state_dict()): warmup and decay restart while "
                    "the optimizer's moments continue. Save scheduler.state_dict() in the checkpoint and call "
                    "scheduler.load_state_dict() when resuming.")

@@ -90,9 +90,9 @@ def streams(draw):
                               origin=draw(st.sampled_from(["user", "user", "init", "child"])),
                               value=draw(st.sampled_from([None, None, 0.0, 2.5, math.nan])))
             elif kind == "scheduler_init":
-                fields.update(lrs=lrs, value=draw(st.sampled_from([None, 0.0, 12.0])))
+                fields.update(lrs=lrs, value=draw(st.sampled_from([None, 0.0, 12.0, math.nan, math.inf])))
             elif kind == "scheduler_load_state":
-                fields.update(value=draw(st.sampled_from([0.0, 3.0, 60.0])))
+                fields.update(value=draw(st.sampled_from([0.0, 3.0, 60.0, math.nan])))
         elif kind == "zero_grad":
             origin = draw(st.sampled_from(["optimizer", "module"]))
             fields.update(optimizer=o if origin == "optimizer" else None, origin=origin)
@@ -101,7 +101,7 @@ def streams(draw):
         elif kind == "add_param_group":
             fields.update(optimizer=o, step=draw(st.integers(0, 30)), lrs=lrs + (0.1,), value=float(groups + 1))
         elif kind == "optimizer_load_state":
-            fields.update(optimizer=o, step=0, lrs=lrs, value=draw(st.sampled_from([None, 0.0, 40.0])))
+            fields.update(optimizer=o, step=0, lrs=lrs, value=draw(st.sampled_from([None, 0.0, 40.0, math.inf, -3.0])))
         events.append(Event(kind, seq, **fields))
     return opts, scheds, events
 
