@@ -235,11 +235,42 @@ def _close_current() -> None:
         rec.close()
 
 
+_held: list[Any] = []  # writer locks held across a fork
+_FORK_WAIT_S = 10.0
+
+
+def _before_fork() -> None:
+    """Let no writer thread be inside pyarrow at the fork: a lock it held (pyarrow's pandas shim
+    takes one on first use) would stay locked forever in the child, which writes with pyarrow too."""
+    global _fork_unsafe
+    _fork_unsafe = False
+    if _config is None:
+        return
+    from . import recorder
+
+    for rec in recorder._SINK.active:
+        lock = getattr(getattr(rec, "writer", None), "_lock", None)
+        if lock is not None:
+            if lock.acquire(timeout=_FORK_WAIT_S):
+                _held.append(lock)
+            else:
+                _fork_unsafe = True
+
+
+def _after_fork_in_parent() -> None:
+    while _held:
+        _held.pop().release()
+
+
+_fork_unsafe = False
+
+
 def _after_fork_in_child() -> None:
     """A forked child (Hogwild workers, forkserver children, DataLoader workers) records afresh:
     the recorder it inherited is switched off by the recorder module's own fork handler."""
     global _current
-    if _config is None:
+    _after_fork_in_parent()  # the inherited writers are dead here: free their locks all the same
+    if _config is None or _fork_unsafe:
         return
     _current = None
     try:
@@ -275,7 +306,8 @@ def _install_fork_hooks() -> None:
     from . import recorder  # noqa: F401 - its fork handler must run before ours
 
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                            after_in_child=_after_fork_in_child)
     import multiprocessing.util as mp_util
 
     mp_util.register_after_fork(_TOKEN, lambda _token: _register_mp_exit())

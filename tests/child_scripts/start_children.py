@@ -46,15 +46,18 @@ if __name__ == "__main__":
     train(0.1, 3)
     report = {"hook_path": os.environ.get("PYTHONPATH", "").split(os.pathsep)[0], "children": {}}
     children = report["children"]
-    proc = subprocess.run([sys.executable, __file__, "child", "0.2"], capture_output=True, text=True, check=True)
-    children["subprocess"] = {"pid": int(proc.stdout.split()[-1]), "lr": 0.2}
-    report["unhooked"] = run([sys.executable, "-c", PROBE], env={k: v for k, v in os.environ.items()
-                                                                if k != "LRDEBUG_CHILD"})
+    # All at once: they mostly wait on importing torch.
+    child = subprocess.Popen([sys.executable, __file__, "child", "0.2"], stdout=subprocess.PIPE, text=True)
+    procs = {}
     for method, lr in (("spawn", 0.3), ("forkserver", 0.4), ("fork", 0.5)):
-        p = mp.get_context(method).Process(target=train, args=(lr, 4))
-        p.start()
+        procs[method] = mp.get_context(method).Process(target=train, args=(lr, 4)), lr
+        procs[method][0].start()
+    children["subprocess"] = {"pid": int(child.communicate()[0].split()[-1]), "lr": 0.2, "exitcode": child.returncode}
+    for method, (p, lr) in procs.items():
         p.join()
         children[method] = {"pid": p.pid, "lr": lr, "exitcode": p.exitcode}
+    report["unhooked"] = run([sys.executable, "-c", PROBE], env={k: v for k, v in os.environ.items()
+                                                                if k != "LRDEBUG_CHILD"})
     report["plain"] = run([sys.executable, "-c", PROBE])
     base = os.path.join(sys.base_prefix, "bin", "python3")
     report["no_lrdebug"] = run([base, "-c", PROBE]) if os.path.exists(base) else None
