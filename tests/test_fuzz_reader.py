@@ -51,7 +51,8 @@ def _train(steps: int, misuse: bool = False, group_name: str | None = None) -> N
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
-    """A two-rank trace, several parts per rank, with a finding."""
+    """A two-rank trace with a finding: rank 0 as closed (parts merged into one file), rank 1 as a
+    killed process leaves it (one part per flush)."""
     out = tmp_path_factory.mktemp("fuzz") / "trace"
     saved = {k: os.environ.get(k) for k in ("LRDEBUG_RUN_ID", "RANK")}
     os.environ["LRDEBUG_RUN_ID"] = "fuzz-run"
@@ -68,6 +69,11 @@ def pristine(tmp_path_factory) -> Path:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    for merged in (out / "rank=1").glob("part-*-*.parquet"):
+        table = pq.read_table(merged)
+        for i, at in enumerate(range(0, table.num_rows, 20)):
+            pq.write_table(table.slice(at, 20), out / "rank=1" / f"part-{i:06d}.parquet")
+        merged.unlink()
     return out
 
 
@@ -198,8 +204,9 @@ def mutate(root: Path, data) -> str:
         target.write_text(json.dumps(data.draw(_status_values(original))))
         return f"status {target.relative_to(root)}"
     how = data.draw(st.sampled_from(["part_dir", "empty_part", "odd_rank", "huge_rank", "no_status", "dev_zero",
-                                     "fifo", "only_status"]))
+                                     "fifo", "only_status", "duplicate", "false_merge"]))
     rank_dir = root / "rank=0"
+    some_part = data.draw(st.sampled_from(sorted(rank_dir.glob("part-*.parquet"))))
     if how == "part_dir":
         (rank_dir / "part-009999.parquet").mkdir()
     elif how == "empty_part":
@@ -221,6 +228,10 @@ def mutate(root: Path, data) -> str:
     elif how == "only_status":
         for p in rank_dir.glob("part-*.parquet"):
             p.unlink()
+    elif how == "duplicate":  # the same rows twice
+        shutil.copy(some_part, rank_dir / "part-000777.parquet")
+    elif how == "false_merge":  # a file claiming to hold parts it does not
+        shutil.copy(some_part, rank_dir / "part-000000-999999.parquet")
     return f"layout {how}"
 
 
@@ -337,7 +348,8 @@ def test_cli_on_damaged_traces_never_shows_a_traceback(pristine, tmp_path):
 
 
 def test_strings_from_a_trace_cannot_style_or_control_the_terminal(tmp_path):
-    """A group name, a call site and the trace's own folder carry rich markup and escape sequences."""
+    """A group name, a call site, the status's reason and the trace's own folder carry rich markup and
+    escape sequences."""
     evil_name = "[bold red]grp[/bold red]\x1b]0;pwned\x07\x1b[2J"
     out = tmp_path / "[blink]runs[/blink]"
     with lrdebug.trace(out=out, summary=False, ignore=["scheduler-before-optimizer"]):
@@ -348,6 +360,10 @@ def test_strings_from_a_trace_cannot_style_or_control_the_terminal(tmp_path):
         files = pa.array(["[link=https://example.invalid]x[/link]\x1b[5m.py" if f else None
                           for f in table["file"].to_pylist()])
         pq.write_table(table.set_column(i, "file", files.dictionary_encode()), part)
+    status_file = out / "rank=0" / STATUS_FILE
+    status = json.loads(status_file.read_text())
+    status.update(complete=False, reason="[bold red]why[/bold red]\x1b[2J")
+    status_file.write_text(json.dumps(status))
     for fmt in ("text", "markdown"):
         proc = _lrdebug("report", str(out), "--format", fmt, "--width", "200", cwd=tmp_path,
                         env={"FORCE_COLOR": "1", "TERM": "xterm-256color"})
@@ -357,4 +373,5 @@ def test_strings_from_a_trace_cannot_style_or_control_the_terminal(tmp_path):
             assert injected not in proc.stdout, (fmt, injected)
         shown = proc.stdout.replace("\\[", "[").replace("\\]", "]")  # Markdown escapes brackets
         assert "[bold red]grp" in shown and "[link=https://example.invalid]x[/link]" in shown, fmt
+        assert "[bold red]why" in shown, fmt
         assert fmt == "markdown" or "[blink]runs" in shown
