@@ -236,6 +236,7 @@ def _close_current() -> None:
 
 
 _held: list[Any] = []  # writer locks held across a fork
+_fork_unsafe = False  # a writer could not be stopped before the fork: the child does not record
 _FORK_WAIT_S = 10.0
 
 
@@ -260,9 +261,6 @@ def _before_fork() -> None:
 def _after_fork_in_parent() -> None:
     while _held:
         _held.pop().release()
-
-
-_fork_unsafe = False
 
 
 def _after_fork_in_child() -> None:
