@@ -23,7 +23,6 @@ from lrdebug.events import CODES
 GALLERY = Path(__file__).parent / "gallery"
 SCRIPTS = sorted(p for p in GALLERY.glob("*.py") if p.name.startswith(("bug_", "good_")))
 MARKER = re.compile(r"expect:\s*([a-z-]+)(?:\s+step=(\d+))?")
-END_OF_RUN = {"scheduler-never-stepped"}  # found when the run ends: in the summary and trace, not warned
 
 
 @dataclass
@@ -120,7 +119,7 @@ def test_findings_match_the_markers(runs, name):
 def test_each_warning_is_raised_once_at_the_users_line(runs, name):
     run = _get(runs, name)
     expected = {(f.code, f.line) for f in run.findings
-                if f.severity in ("warning", "error") and f.code not in END_OF_RUN}
+                if f.severity in ("warning", "error")}  # end-of-run findings warn when the block closes
     got = [(str(w.message).split("]")[0].lstrip("["), w.lineno) for w in run.warned]
     assert sorted(got) == sorted(expected)
     assert all(Path(w.filename) == run.script for w in run.warned)
