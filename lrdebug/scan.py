@@ -296,7 +296,7 @@ class Scan:
             order = np.argsort(key, kind="stable")
             key, steps, lrs = key[order], steps[order], lrs[order]
             starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]).tolist()
-            slices = [((int(k >> 32), int(np.int32(k & 0xFFFFFFFF))), slice(a, z))
+            slices = [((k >> 32, ((k & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000), slice(a, z))  # sign-extends
                       for k, a, z in zip(key[starts].tolist(), starts, starts[1:] + [len(key)])]
         for k, sl in slices:
             stats = self.groups.get((rank, *k))

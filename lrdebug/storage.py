@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .events import COLUMNS, METADATA_KEY, SCHEMA, SCHEMA_MAJOR, SCHEMA_VERSION, STATUS_FILE
@@ -377,7 +378,25 @@ def _part_meta(schema: pa.Schema) -> dict[str, Any]:
     meta = json.loads(raw)
     if not isinstance(meta, dict):
         raise ValueError("lrdebug metadata is not an object")
+    return clean_meta(meta)
+
+
+def clean_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The object registry in the shape readers index into: ``optimizers`` and ``schedulers`` lists
+    of objects, each optimizer's ``groups`` a list of objects (damaged entries become ``{}``)."""
+    meta = dict(meta)
+    for key in ("optimizers", "schedulers"):
+        items = meta.get(key)
+        items = [dict(x) if isinstance(x, dict) else {} for x in items] if isinstance(items, list) else []
+        for item in items:
+            groups = item.get("groups")
+            if groups is not None:
+                item["groups"] = [g if isinstance(g, dict) else {} for g in groups] if isinstance(groups, list) else []
+        meta[key] = items
     return meta
+
+
+_INDEX_COLUMNS = ("rank", "optimizer", "scheduler", "group", "parent", "loader")
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -393,6 +412,9 @@ def conform(table: pa.Table) -> pa.Table:
         arrays.append(col if col.type == typ else col.cast(typ))
     out = pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(n) for n in names]))
     out.validate(full=True)
+    for name in _INDEX_COLUMNS:  # readers index lists with these
+        if name in names and out.num_rows and (pc.min(out.column(name)).as_py() or 0) < 0:
+            raise ValueError(f"negative {name} index")
     return out
 
 
@@ -460,7 +482,7 @@ def read_trace(path: str | os.PathLike, columns: list[str] | None = None) -> Tra
             rank = int(_RANK_RE.match(rank_dir.name).group(1))
             trace.status[rank] = status
             if isinstance(status.get("meta"), dict):
-                trace.meta[rank] = status["meta"]
+                trace.meta[rank] = status["meta"] = clean_meta(status["meta"])
     tables = []
     for rank, _, part in parts:
         try:
