@@ -35,6 +35,7 @@ from .events import COLUMNS, METADATA_KEY, SCHEMA, SCHEMA_MAJOR, SCHEMA_VERSION,
 # part-000007.parquet, or part-000000-000063.parquet: parts 0..63 merged into one file
 _PART_RE = re.compile(r"^part-([0-9]{1,18})(?:-([0-9]{1,18}))?\.parquet$")
 MERGE_PARTS = 64  # small parts (one per flush) are merged in groups of this many, so files stay few
+MERGE_ROWS = 1 << 20  # ... or of this many rows, so a reader never holds a huge file at once
 _RANK_RE = re.compile(r"^rank=([0-9]{1,9})$")
 STATUS_MAX_BYTES = 64 << 20
 RUN_FILE = "_lrdebug_run.json"
@@ -114,7 +115,8 @@ class PartWriter:
         self.interval_s = interval_s
         self.rank_dir: Path | None = None
         self.parts = 0
-        self._small: list[Path] = []  # single parts not merged yet
+        self._small: list[tuple[Path, int]] = []  # single parts not merged yet, with their rows
+        self.merge_parts = True
         self.rows = 0
         self.failed: str | None = None
         self.keep_empty = True  # False: a process that wrote no row leaves no partition at all
@@ -173,14 +175,15 @@ class PartWriter:
         os.replace(tmp, rank_dir / name)
         self.parts += 1
         self.rows += n
-        self._small.append(rank_dir / name)
-        if len(self._small) >= MERGE_PARTS:
-            self._merge_small_parts()
+        if self.merge_parts:
+            self._small.append((rank_dir / name, n))
+            if len(self._small) >= MERGE_PARTS or sum(rows for _, rows in self._small) >= MERGE_ROWS:
+                self._merge_small_parts()
 
     def _merge_small_parts(self) -> None:
         """Rewrite the small parts as one file, then delete them; readers skip parts a merged file
         covers, so a crash between the two steps duplicates nothing, and a failure only leaves them."""
-        small, self._small = self._small, []
+        small, self._small = [path for path, _ in self._small], []
         if len(small) < 2:
             return
         first, last = (int(_PART_RE.match(p.name).group(1)) for p in (small[0], small[-1]))

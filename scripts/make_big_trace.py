@@ -165,6 +165,7 @@ def main() -> None:
     errors = []
     writer = PartWriter(args.out, drain, metadata, rank=lambda: 0, run_id="synthetic-" + uuid.uuid4().hex,
                         on_error=errors.append)
+    writer.merge_parts = False  # keep one file per part: the reader is measured streaming over many files
     while state["next"] <= total and not errors:
         writer.flush()
     writer.close(None, [])
