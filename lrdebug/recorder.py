@@ -176,6 +176,15 @@ def call_site() -> int:
 
 
 # ------------------------------------------------------------------------------ value helpers
+def _read_lrs(groups) -> tuple:
+    """The LR of every group, as plain values copied now (one pass; tensors only on the slow path)."""
+    lrs = tuple([g["lr"] for g in groups])
+    for v in lrs:
+        if type(v) is not float:
+            return tuple([_lr_value(x) for x in lrs])
+    return lrs
+
+
 def _lr_value(v: Any) -> Any:
     """A float for an LR, copied now: tensor LRs are updated in place by schedulers."""
     if isinstance(v, torch.Tensor):
@@ -277,13 +286,14 @@ class _Opt:
 
 
 class _Sched:
-    __slots__ = ("index", "ref", "opt", "info", "steps")
+    __slots__ = ("index", "ref", "opt", "info", "steps", "ost")
 
     def __init__(self, index: int, sched, opt_index: int | None) -> None:
         self.index = index
         self.ref = weakref.ref(sched)
         self.opt = opt_index
         self.steps = 0
+        self.ost: _Opt | None = None  # state of the optimizer it drives, cached for the hot path
         self.info: dict[str, Any] = {}
 
 
@@ -508,6 +518,9 @@ class Recorder:
 
     # ------------------------------------------------------------------ registry
     def _opt_state(self, opt) -> _Opt:
+        st = self._opts.get(id(opt))
+        if st is not None and st.ref() is opt:
+            return st
         opt = _unwrap_optimizer(opt)
         st = self._opts.get(id(opt))
         if st is not None and st.ref() is opt:
@@ -637,12 +650,7 @@ class Recorder:
         if st.scaled:
             local.scaler_called = True
         groups = opt.param_groups
-        lrs = tuple([g["lr"] for g in groups])
-        for v in lrs:
-            if type(v) is not float:
-                lrs = tuple([_lr_value(x) for x in lrs])
-                break
-        st.lrs = lrs
+        st.lrs = _read_lrs(groups)
         st.site = call_site()
         if self.sample_updates and (st.steps % self.sample_updates == 0):
             try:
@@ -732,12 +740,16 @@ class Recorder:
         return seq
 
     def scheduler_step(self, sched, t0, t1, parent, in_init, metric) -> None:
-        if not self.enabled or not self._wants(sched):
+        if not self.enabled or (self._filter is not None and id(sched) not in self._filter):
             return
         try:
-            st = self._sched_state(sched)
+            st = self._scheds.get(id(sched))
+            if st is None or st.ref() is not sched:
+                st = self._sched_state(sched)
             opt = getattr(sched, "optimizer", None)
-            ost = self._opt_state(opt) if isinstance(opt, torch.optim.Optimizer) else None
+            ost = st.ost
+            if ost is None or ost.ref() is not opt:
+                ost = st.ost = self._opt_state(opt) if isinstance(opt, torch.optim.Optimizer) else None
             if in_init:
                 origin = ORIGIN_INIT
             elif parent is not None and self._wants(parent):
@@ -745,7 +757,7 @@ class Recorder:
             else:
                 origin = ORIGIN_USER
             parent_index = self._sched_state(parent).index if parent is not None and self._wants(parent) else None
-            lrs = tuple([_lr_value(g["lr"]) for g in opt.param_groups]) if ost is not None else None
+            lrs = _read_lrs(ost.ref().param_groups) if ost is not None else None
             value = None
             if metric is not None:
                 try:
@@ -755,16 +767,18 @@ class Recorder:
             if origin != ORIGIN_INIT:
                 st.steps += 1
             site = call_site()
+            opt_index = ost.index if ost is not None else None
             step = ost.steps if ost is not None else None
-            seq = self._append(SCHEDULER_STEP, t0, t1 - t0, ost.index if ost else None, st.index, step, site,
-                               lrs, origin, parent_index, value)
+            seq = next(self._seq)
+            self.other.append((SCHEDULER_STEP, seq, t0, t1 - t0, opt_index, st.index, step, site, lrs, None, origin,
+                               parent_index, value, None, None, None, None, None))
         except Exception as e:  # noqa: BLE001
             self._internal_error(f"{type(e).__name__}: {e}")
             return
-        file, line = self._site_fields(site)
-        self._check(Event(SCHEDULER_STEP, seq, optimizer=ost.index if ost else None, scheduler=st.index,
-                          step=step, lrs=lrs or (), file=file, line=line, origin=origin, parent=parent_index,
-                          value=value, t_ns=t0))
+        if self.checker is not None:
+            file, line = self._site_fields(site)
+            self._check(_make_event((SCHEDULER_STEP, seq, opt_index, st.index, step, lrs or (), (), file, line,
+                                     origin, parent_index, value, None, 0, t0)))
 
     def scheduler_init(self, sched) -> None:
         if not self.enabled or not self._wants(sched):
@@ -814,10 +828,13 @@ class Recorder:
                 return
             index = self._opt_state(obj).index
         site = call_site()
-        seq = self._append(ZERO_GRAD, t0, t1 - t0, index, None, None, site, None, origin)
+        seq = next(self._seq)
+        self.other.append((ZERO_GRAD, seq, t0, t1 - t0, index, None, None, site, None, None, origin, None, None,
+                           None, None, None, None, None))
         if self.checker is not None:
             file, line = self._site_fields(site)
-            self._check(Event(ZERO_GRAD, seq, optimizer=index, file=file, line=line, origin=origin, t_ns=t0))
+            self._check(_make_event((ZERO_GRAD, seq, index, None, None, (), (), file, line, origin, None, None,
+                                     None, 0, t0)))
 
     def add_param_group(self, opt) -> None:
         if not self.enabled or not self._wants(opt):
