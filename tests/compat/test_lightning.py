@@ -90,5 +90,5 @@ def test_ddp_with_two_cpu_processes_gives_both_ranks(ddp):
     assert sorted(df["rank"].unique()) == [0, 1]
     for rank in (0, 1):
         assert_matches_monitor(recorded_lrs(df, 0, rank), logged[rank]["onecycle"], GROUPS["onecycle"])
-    assert "rank=1" in proc.stderr
+    # (the parent's closing line lists rank=1 only if that process closed first: Lightning does not wait for it)
     assert [f for f in lrdebug.findings(trace) if f.severity != "info"] == []
