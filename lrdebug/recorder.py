@@ -50,7 +50,7 @@ from .events import (
     LRDebugError,
     LRDebugWarning,
 )
-from .events import SCHEMA
+from .events import CODES, SCHEMA
 from .storage import PartWriter, TraceError, check_output_dir, torchrun_run_id as _torchrun_run_id
 
 _SCHEMA_TYPES = {f.name: f.type for f in SCHEMA}
@@ -354,7 +354,7 @@ class Recorder:
         self._offset_ns = self.start_unix_ns - _now()
         self._warned: set[tuple[str, str | None, int | None]] = set()
         self.checker = None
-        if live_checks:
+        if live_checks and not self.ignore.issuperset(CODES):  # every code ignored: no live engine at all
             try:
                 from .checks import Checker
 

@@ -317,7 +317,10 @@ def newest_trace(root: Path = DEFAULT_DIR) -> Path:
 def _console(width: int | None = None, file=None):
     from rich.console import Console
 
-    return Console(file=file or sys.stdout, width=width, highlight=False)
+    file = file or sys.stdout
+    if width is None and not os.environ.get("COLUMNS") and not getattr(file, "isatty", lambda: False)():
+        width = 120  # a log or a pipe: rich would assume 80 columns and cut the LR table
+    return Console(file=file, width=width, highlight=False)
 
 
 def report_command(args) -> int:

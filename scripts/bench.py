@@ -12,6 +12,7 @@ on two shared cores make timings meaningless.
 from __future__ import annotations
 
 import argparse
+import random
 import contextlib
 import os
 import statistics
@@ -105,6 +106,10 @@ class Variants:
     def traced(self, **kwargs):
         return lrdebug.trace(out=self._out(), summary=False, **kwargs)
 
+    def recording_only(self):
+        """Recording without live checks: the micro figures measure the recorder alone."""
+        return lrdebug.trace(out=self._out(), summary=False, ignore=tuple(CODES))
+
     def no_checks(self):
         return lrdebug.trace(out=self._out(), summary=False, ignore=tuple(CODES))
 
@@ -112,8 +117,9 @@ class Variants:
         return torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
 
 
-def compare(step, variants: dict, iters: int, rounds: int) -> dict[str, list[int]]:
-    """CPU ns per round for each variant, alternating order each round."""
+def compare(step, variants: dict, iters: int, rounds: int, include_exit: bool = True) -> dict[str, list[int]]:
+    """CPU ns per round for each variant, alternating order each round. With ``include_exit`` the
+    time to close the trace (final flush, merge, status) is charged to the round."""
     names = list(variants)
     times = {n: [] for n in names}
     for _ in range(20):  # warm up allocator and caches
@@ -128,8 +134,11 @@ def compare(step, variants: dict, iters: int, rounds: int) -> dict[str, list[int
                 t0 = clock()
                 for _ in range(iters):
                     step()
-                ctx.__exit__(None, None, None)
+                if include_exit:
+                    ctx.__exit__(None, None, None)
                 times[name].append(clock() - t0)
+                if not include_exit:
+                    ctx.__exit__(None, None, None)
     return times
 
 
@@ -147,7 +156,8 @@ def added_ns_per_call(make_call, calls: int, rounds: int, tmp: Path) -> float:
     """Median extra CPU ns per call of `make_call()` traced vs untraced."""
     call = make_call()
     variants = Variants(tmp)
-    t = compare(call, {"plain": variants.plain, "traced": variants.traced}, calls, rounds)
+    t = compare(call, {"plain": variants.plain, "traced": variants.recording_only}, calls, rounds,
+                include_exit=False)  # the per-call cost; writing is measured on its own below
     diffs = [(x - y) / calls for x, y in zip(t["traced"], t["plain"])]
     return statistics.median(diffs)
 
@@ -164,8 +174,10 @@ def opt_step_call(groups: int):
 
 def sched_step_call():
     p = torch.nn.Parameter(torch.zeros(1))
+    p.grad = torch.zeros(1)
     opt = torch.optim.SGD([p], lr=0.1)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10**9)
+    opt.step()  # PyTorch warns about a scheduler stepped first
     return sched.step
 
 
@@ -183,8 +195,10 @@ def write_rate(rows: int, groups: int, tmp: Path) -> tuple[float, float]:
     lrs = tuple(0.1 * (i + 1) for i in range(groups))
     grads = (1,) * groups
     steps = rows // groups
-    buf = [("optimizer_step", i, i * 1000, 500, 0, None, i + 1, 0, lrs, grads, None, None, None, None, 1000,
-            None, None, None) for i in range(steps)]
+    rng = random.Random(0)  # realistic-ish values: timings jitter, LR decays
+    buf = [("optimizer_step", i, i * 1_000_000 + rng.randrange(200_000), 20_000 + rng.randrange(5_000), 0, i + 1, 0,
+            tuple(v * (1 - i / steps) for v in lrs), grads, 1_000_000 + rng.randrange(200_000), None, None)
+           for i in range(steps)]
     if not rec_mod.SITES:
         rec_mod.SITES.append(("train.py", 10, "<module>"))
     pending = [buf]
@@ -193,7 +207,7 @@ def write_rate(rows: int, groups: int, tmp: Path) -> tuple[float, float]:
     def drain():
         if not pending:
             return None
-        return rec_mod.expand_rows(pending.pop(), 0, 0)
+        return rec_mod.columns_from_rows(pending.pop(), [], 0, 0)
 
     w = PartWriter(out, drain, lambda: {"schema_version": "1.0"}, lambda: 0, "bench", print)
     t0 = time.perf_counter()
@@ -206,17 +220,18 @@ def write_rate(rows: int, groups: int, tmp: Path) -> tuple[float, float]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="few rounds: checks the script works, figures are noisy")
+    ap.add_argument("--micro", action="store_true", help="only the per-call and writer figures")
     args = ap.parse_args(argv)
     q = args.quick
-    rounds = 3 if q else 15
-    iters = {"a": 200 if q else 3000, "b": 10 if q else 150, "c": 50 if q else 1500}
+    rounds = 3 if q else 41  # this kind of VM drifts by 10-20% over seconds: many short alternating rounds
+    iters = {"a": 200 if q else 1000, "b": 10 if q else 40, "c": 50 if q else 300}
     print(f"lrdebug {lrdebug.__version__}, torch {torch.__version__}, python {sys.version.split()[0]}, "
           f"{os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, rounds {rounds}")
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         v = Variants(tmp)
-        for key, (title, make) in LOOPS.items():
+        for key, (title, make) in ({} if args.micro else LOOPS).items():
             step = make()
             variants = {"plain": v.plain, "traced": v.traced}
             if key in "ab":
@@ -235,12 +250,14 @@ def main(argv=None) -> int:
                 rows.append((f"({key}) profiler added time / lrdebug added time", f"{cheaper:.1f}x"))
             if "no_checks" in t:
                 rows.append((f"({key}) live checks on / off", fmt_ratio(ratio(t, "traced", "no_checks"))))
-        calls = 500 if q else 20000
-        mr = 3 if q else 9
+        calls = 500 if q else 5000
+        mr = 3 if q else 21
+        rows.append(("micro figures below: recording alone (checks off)", ""))
         rows.append(("added per optimizer step, 1 group", f"{added_ns_per_call(opt_step_call(1), calls, mr, tmp):.0f} ns"))
         rows.append(("added per optimizer step, 10 groups", f"{added_ns_per_call(opt_step_call(10), calls, mr, tmp):.0f} ns"))
         rows.append(("added per scheduler step (StepLR)", f"{added_ns_per_call(sched_step_call, calls, mr, tmp):.0f} ns"))
         rows.append(("added per zero_grad", f"{added_ns_per_call(zero_grad_call, calls, mr, tmp):.0f} ns"))
+        write_rate(20_000, 1, tmp / "warm")  # first use imports pandas inside pyarrow: not part of the rate
         rate, size = write_rate(20_000 if q else 1_000_000, 1, tmp)
         rows.append(("rows written per second (1 group)", f"{rate / 1e6:.2f} M rows/s"))
         rows.append(("bytes on disk per optimizer step per group (zstd)", f"{size:.1f} B"))
