@@ -814,7 +814,42 @@ class Checker:
 
 # ---------------------------------------------------------------------------------------- offline
 _COLUMNS = ["rank", "seq", "t_ns", "event", "optimizer", "scheduler", "group", "step", "lr", "file", "line",
-            "origin", "parent", "value", "grad", "loader"]
+            "origin", "parent", "value", "grad", "loader", "framework_site"]
+
+
+def attach_frameworks(found: list[Finding], frameworks: dict[tuple, str]) -> list[Finding]:
+    """Name the framework frame behind a finding's call site, when a framework made the call:
+    ``frameworks`` maps (file, line, event) to it; the finding's code says which event it is about."""
+    for f in found:
+        if f.framework is None and f.file is not None:
+            event = _CODE_EVENTS.get(f.code, OPTIMIZER_STEP)
+            f.framework = frameworks.get((f.file, f.line, event))
+            if f.framework is None:  # the code's event made elsewhere: any framework call from that line
+                f.framework = next((fw for (file, line, _), fw in frameworks.items()
+                                    if (file, line) == (f.file, f.line)), None)
+    return found
+
+
+_CODE_EVENTS = {
+    "scheduler-before-optimizer": SCHEDULER_STEP, "scheduler-multiple-steps": SCHEDULER_STEP,
+    "epoch-scheduler-stepped-per-batch": SCHEDULER_STEP, "scheduler-orphaned": SCHEDULER_STEP,
+    "multiple-schedulers": SCHEDULER_STEP, "scheduler-state-not-restored": SCHEDULER_STEP,
+    "scheduler-never-stepped": SCHEDULER_INIT, "get-lr-called": GET_LR_CALL,
+    "param-group-added-after-scheduler": ADD_PARAM_GROUP,
+}
+
+
+def _trace_frameworks(table) -> dict[tuple, str]:
+    if "framework_site" not in table.column_names or table.column("framework_site").null_count == len(table):
+        return {}
+    import pyarrow.compute as pc
+
+    cols = ("file", "line", "event", "framework_site")
+    rows = table.filter(pc.is_valid(table.column("framework_site"))).select(list(cols))
+    out: dict[tuple, str] = {}
+    for file, line, event, fw in zip(*(rows.column(c).to_pylist() for c in cols)):
+        out[(file, line, event)] = fw  # the last call, as live
+    return out
 
 
 def _pylist(table, name: str) -> list:
@@ -906,7 +941,7 @@ def check_trace(trace) -> list[Finding]:
                     m.step = f.step
             else:
                 merged[key] = f
-    out = list(merged.values())
+    out = attach_frameworks(list(merged.values()), _trace_frameworks(table))
     try:
         from .ranks import rank_findings
     except ImportError:

@@ -158,6 +158,7 @@ class Finding:
     file: str | None = None
     line: int | None = None
     count: int = 1
+    framework: str | None = None  # the framework frame that made the call at file:line (Lightning, HF, ...)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

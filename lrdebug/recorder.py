@@ -223,8 +223,10 @@ class _Deferred:
 def _warn_at(f: Finding) -> None:
     """An LRDebugWarning that points at the user's line, so warning filters and pytest see it there."""
     filename = f.file or "<unknown>"
-    warnings.warn_explicit(f"[{f.code}] {f.message}", LRDebugWarning, filename, f.line or 0,
+    via = f" (called from {f.framework})" if f.framework else ""
+    warnings.warn_explicit(f"[{f.code}] {f.message}{via}", LRDebugWarning, filename, f.line or 0,
                            module=os.path.splitext(os.path.basename(filename))[0], registry={})
+
 
 
 def _resolve(v: Any) -> Any:
@@ -353,6 +355,7 @@ class Recorder:
         self.start_unix_ns = time.time_ns()
         self._offset_ns = self.start_unix_ns - _now()
         self._warned: set[tuple[str, str | None, int | None]] = set()
+        self._frameworks: dict[tuple, str] = {}  # (file, line, event) -> framework frame
         self.checker = None
         if live_checks and not self.ignore.issuperset(CODES):  # every code ignored: no live engine at all
             try:
@@ -449,6 +452,10 @@ class Recorder:
                 findings = self.checker.finish()
             except Exception as e:  # noqa: BLE001
                 self._internal_error(f"checks failed: {type(e).__name__}: {e}")
+        if findings and self._frameworks:
+            from .checks import attach_frameworks
+
+            attach_frameworks(findings, self._frameworks)
         reason = self.incomplete
         if exc is not None and not isinstance(exc, (Exception, SystemExit)):
             reason = reason or f"interrupted by {type(exc).__name__}"
@@ -624,6 +631,10 @@ class Recorder:
     def _report_finding(self, f: Finding) -> None:
         if f.severity not in ("warning", "error") or f.code in self.ignore:
             return
+        if self._frameworks and f.framework is None:
+            from .checks import attach_frameworks
+
+            attach_frameworks([f], self._frameworks)
         if self.strict:
             raise LRDebugError(f"[{f.code}] {f.message}")
         key = (f.code, f.file, f.line)
@@ -632,10 +643,12 @@ class Recorder:
         self._warned.add(key)
         _warn_at(f)
 
-    def _site_fields(self, site: int) -> tuple[str | None, int | None]:
+    def _site_fields(self, site: int, event: str) -> tuple[str | None, int | None]:
         if site < 0:
             return None, None
         file, line, _ = SITES[site]
+        if FRAMEWORK_SITES[site]:  # a framework made this call from the user's line: findings name it
+            self._frameworks[(file, line, event)] = FRAMEWORK_SITES[site]
         return file, line
 
     # ------------------------------------------------------------------ hot path: optimizer step
@@ -705,7 +718,7 @@ class Recorder:
         self.buf.append((event, seq, t0, t1 - t0, st.index, step, st.site, st.lrs, grads, iter_ns, wait or None,
                          extra))
         if self.checker is not None:
-            file, line = self._site_fields(st.site)
+            file, line = self._site_fields(st.site, event)
             # positional _make: a third of the cost of keyword construction on the hottest path
             self._check(_make_event((event, seq, st.index, None, step, st.lrs, grads, file, line, None, None,
                                      None, None, 0, t0)))
@@ -727,7 +740,7 @@ class Recorder:
         seq = next(self._seq)
         self.other.append((OPTIMIZER_STEP_SKIPPED, seq, t, 0, st.index, None, st.steps + 1, site, lrs, None,
                          None, None, None, None, None, None, None, None))
-        file, line = self._site_fields(site)
+        file, line = self._site_fields(site, OPTIMIZER_STEP_SKIPPED)
         self._check(Event(OPTIMIZER_STEP_SKIPPED, seq, optimizer=st.index, step=st.steps + 1, lrs=lrs,
                           file=file, line=line, t_ns=t))
 
@@ -776,7 +789,7 @@ class Recorder:
             self._internal_error(f"{type(e).__name__}: {e}")
             return
         if self.checker is not None:
-            file, line = self._site_fields(site)
+            file, line = self._site_fields(site, SCHEDULER_STEP)
             self._check(_make_event((SCHEDULER_STEP, seq, opt_index, st.index, step, lrs or (), (), file, line,
                                      origin, parent_index, value, None, 0, t0)))
 
@@ -791,7 +804,7 @@ class Recorder:
         lrs = tuple([_lr_value(g["lr"]) for g in opt.param_groups]) if st.opt is not None else None
         t = _now()
         seq = self._append(SCHEDULER_INIT, t, 0, st.opt, st.index, None, site, lrs, None, None, opt_steps)
-        file, line = self._site_fields(site)
+        file, line = self._site_fields(site, SCHEDULER_INIT)
         if self.checker is not None:
             self.checker.register_scheduler(st.index, st.info)
         self._check(Event(SCHEDULER_INIT, seq, optimizer=st.opt, scheduler=st.index, lrs=lrs or (), file=file,
@@ -805,7 +818,7 @@ class Recorder:
         value = float(getattr(sched, "last_epoch", 0) or 0)
         t = _now()
         seq = self._append(SCHEDULER_LOAD_STATE, t, 0, st.opt, st.index, None, site, None, None, None, value)
-        file, line = self._site_fields(site)
+        file, line = self._site_fields(site, SCHEDULER_LOAD_STATE)
         self._check(Event(SCHEDULER_LOAD_STATE, seq, optimizer=st.opt, scheduler=st.index, file=file, line=line,
                           value=value, t_ns=t))
 
@@ -816,7 +829,7 @@ class Recorder:
         site = call_site()
         t = _now()
         seq = self._append(GET_LR_CALL, t, 0, st.opt, st.index, None, site)
-        file, line = self._site_fields(site)
+        file, line = self._site_fields(site, GET_LR_CALL)
         self._check(Event(GET_LR_CALL, seq, optimizer=st.opt, scheduler=st.index, file=file, line=line, t_ns=t))
 
     def zero_grad(self, obj, origin, t0, t1) -> None:
@@ -832,7 +845,7 @@ class Recorder:
         self.other.append((ZERO_GRAD, seq, t0, t1 - t0, index, None, None, site, None, None, origin, None, None,
                            None, None, None, None, None))
         if self.checker is not None:
-            file, line = self._site_fields(site)
+            file, line = self._site_fields(site, ZERO_GRAD)
             self._check(_make_event((ZERO_GRAD, seq, index, None, None, (), (), file, line, origin, None, None,
                                      None, 0, t0)))
 
@@ -849,7 +862,7 @@ class Recorder:
         t = _now()
         seq = self._append(ADD_PARAM_GROUP, t, 0, st.index, None, st.steps, site, lrs, None, None,
                            float(len(opt.param_groups)))
-        file, line = self._site_fields(site)
+        file, line = self._site_fields(site, ADD_PARAM_GROUP)
         self._check(Event(ADD_PARAM_GROUP, seq, optimizer=st.index, step=st.steps, lrs=lrs, file=file, line=line,
                           value=float(len(opt.param_groups)), t_ns=t))
 
@@ -864,7 +877,7 @@ class Recorder:
         lrs = tuple([_lr_value(g["lr"]) for g in opt.param_groups])
         t = _now()
         seq = self._append(OPTIMIZER_LOAD_STATE, t, 0, st.index, None, st.steps, site, lrs, None, None, steps)
-        file, line = self._site_fields(site)
+        file, line = self._site_fields(site, OPTIMIZER_LOAD_STATE)
         self._check(Event(OPTIMIZER_LOAD_STATE, seq, optimizer=st.index, step=st.steps, lrs=lrs, file=file,
                           line=line, value=steps, t_ns=t))
 
@@ -880,7 +893,7 @@ class Recorder:
         seq = self._append(EPOCH_START, t, 0, site=site, loader=index)
         self._data_wait = 0
         if self.checker is not None:
-            file, line = self._site_fields(site)
+            file, line = self._site_fields(site, EPOCH_START)
             self._check(Event(EPOCH_START, seq, loader=index, file=file, line=line, t_ns=t))
 
     def data_wait(self, ns: int) -> None:
@@ -1348,6 +1361,7 @@ def print_summary(rec: Recorder, findings: list[Finding]) -> None:
             lines.append(f"lrdebug: {len(shown)} finding(s):")
             for f in shown[:12]:
                 where = f" at {f.file}:{f.line}" if f.file else ""
+                where += f" via {f.framework}" if f.framework else ""
                 lines.append(f"  {f.severity:7} {f.code}{where} (x{f.count}): {f.message.splitlines()[0][:160]}")
             if len(shown) > 12:
                 lines.append(f"  ... and {len(shown) - 12} more: lrdebug report {rec.path}")

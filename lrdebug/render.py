@@ -60,7 +60,8 @@ def fmt_pct(v: Any) -> str:
 def _where(f: dict[str, Any]) -> str:
     if not f.get("file"):
         return ""
-    return f"{f['file']}:{f['line']}" if f.get("line") else str(f["file"])
+    where = f"{f['file']}:{f['line']}" if f.get("line") else str(f["file"])
+    return f"{where} via {f['framework']}" if f.get("framework") else where
 
 
 def _status_line(trace: dict[str, Any]) -> str:

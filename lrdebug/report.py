@@ -74,8 +74,9 @@ def _findings(trace: storage.Trace, rows: int) -> tuple[list[dict[str, Any]], st
 
 
 def _sort_findings(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(findings, key=lambda f: (-SEVERITY_RANK.get(f.get("severity"), 0), f.get("step") or 0,
-                                           str(f.get("code"))))
+    # by severity, then the framework that made the calls (your own loop first), then first step
+    return sorted(findings, key=lambda f: (-SEVERITY_RANK.get(f.get("severity"), 0), str(f.get("framework") or ""),
+                                           f.get("step") or 0, str(f.get("code"))))
 
 
 # ------------------------------------------------------------------------------------- the report
