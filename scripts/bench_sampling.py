@@ -25,25 +25,16 @@ import torch
 
 import lrdebug
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import loop_mlp  # noqa: E402
+
 clock = time.process_time_ns
 
 
 def mlp_loop():
-    """(b) 3 x Linear(512), batch 64, Adam, LambdaLR per iteration."""
+    """(b) 3 x Linear(512), batch 64, Adam, LambdaLR per iteration: the loop of bench.py."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
-                                torch.nn.ReLU(), torch.nn.Linear(512, 512))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
-    x, y = torch.randn(64, 512), torch.randn(64, 512)
-
-    def step():
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-        sched.step()
-
-    return step
+    return loop_mlp()
 
 
 def run(iters: int, rounds: int, tmp: Path) -> dict[str, list[int]]:

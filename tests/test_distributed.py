@@ -110,14 +110,13 @@ def test_ddp_ranks_agree_and_no_divergence(runs):
     assert rank_findings(storage.read_trace(out)) == []
 
 
-def test_ddp_report_lists_ranks(runs):
+def test_ddp_report_lists_ranks(runs, capsys):
     pytest.importorskip("lrdebug.report")
-    out = runs["ddp_out"]
-    r = subprocess.run([sys.executable, "-m", "lrdebug", "report", str(out), "--format", "json"],
-                       capture_output=True, text=True, env=_env(), timeout=120)
-    assert r.returncode == 0, r.stderr
-    report = json.loads(r.stdout)
-    assert [x if isinstance(x, int) else x.get("rank") for x in report["ranks"]] == [0, 1]
+    from lrdebug.cli import main
+
+    assert main(["report", str(runs["ddp_out"]), "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ranks"] == [0, 1]
     assert not [f for f in report["findings"] if f["code"] == "rank-divergence"]
 
 
