@@ -10,8 +10,11 @@ on every subclass that defines its own, and on subclasses defined later (``__ini
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -40,6 +43,32 @@ _local = _Local()
 
 def current_local() -> _Local:
     return _local
+
+
+def _plain_call(fn: Callable, sched: Any, args: tuple, kwargs: dict) -> Any:
+    return fn(sched, *args, **kwargs)
+
+
+def _warn_at_caller(fn: Callable, sched: Any, args: tuple, kwargs: dict) -> Any:
+    """Call ``fn`` and re-issue the warnings it raised for its caller's caller (the user's line),
+    through the user's own filters."""
+    caller = sys._getframe(2)
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            return fn(sched, *args, **kwargs)
+    finally:
+        for w in caught:
+            if os.path.abspath(w.filename) == _THIS_FILE:
+                registry = caller.f_globals.setdefault("__warningregistry__", {})
+                warnings.warn_explicit(w.message, w.category, caller.f_code.co_filename, caller.f_lineno,
+                                       module=caller.f_globals.get("__name__"), registry=registry)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+_THIS_FILE = os.path.abspath(__file__)
 
 
 class Patches:
@@ -88,15 +117,18 @@ class Installation:
         sink, local = self.sink, _local
 
         def step(sched, *args, **kwargs):
+            # PyTorch's order checks warn on the first step with stacklevel=2, which would name this
+            # wrapper: on that step only, its warnings are re-issued at the caller's line.
+            call = _warn_at_caller if sched.__dict__.get("_step_count") == 1 else _plain_call
             stack = local.sched_stack
             if stack and stack[-1] is sched:  # a subclass's step() calling super().step()
-                return fn(sched, *args, **kwargs)
+                return call(fn, sched, args, kwargs)
             parent = stack[-1] if stack else None
             in_init = bool(local.init_stack)
             stack.append(sched)
             t0 = _now()
             try:
-                return fn(sched, *args, **kwargs)
+                return call(fn, sched, args, kwargs)
             finally:
                 t1 = _now()
                 stack.pop()
