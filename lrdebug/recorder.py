@@ -114,10 +114,6 @@ def _code_kind_of(code) -> int:
     return kind
 
 
-def _is_internal(code) -> bool:
-    return _code_kind_of(code) == _INTERNAL
-
-
 def _framework_label(code, line: int) -> str:
     path = os.path.abspath(code.co_filename)
     for prefix in _installed_prefixes():
