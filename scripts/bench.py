@@ -32,12 +32,8 @@ clock = time.process_time_ns
 
 
 # ------------------------------------------------------------------------------ loops
-def loop_tiny():
-    """(a) Linear(10->1), batch 32, SGD, StepLR stepped per iteration."""
-    model = torch.nn.Linear(10, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1000, gamma=0.5)
-    x, y = torch.randn(32, 10), torch.randn(32, 1)
+def training_step(model, opt, sched, x, y):
+    """One iteration as every benchmark loop runs it: zero_grad, forward, backward, step, scheduler."""
 
     def step():
         opt.zero_grad()
@@ -46,6 +42,15 @@ def loop_tiny():
         sched.step()
 
     return step
+
+
+def loop_tiny():
+    """(a) Linear(10->1), batch 32, SGD, StepLR stepped per iteration."""
+    model = torch.nn.Linear(10, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1000, gamma=0.5)
+    x, y = torch.randn(32, 10), torch.randn(32, 1)
+    return training_step(model, opt, sched, x, y)
 
 
 def loop_mlp():
@@ -55,14 +60,7 @@ def loop_mlp():
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
     x, y = torch.randn(64, 512), torch.randn(64, 512)
-
-    def step():
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-        sched.step()
-
-    return step
+    return training_step(model, opt, sched, x, y)
 
 
 def loop_groups():
@@ -72,14 +70,7 @@ def loop_groups():
     opt = torch.optim.AdamW([{"params": m.parameters(), "lr": 1e-3 * (i + 1)} for i, m in enumerate(layers)])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100_000)
     x, y = torch.randn(32, 32), torch.randn(32, 32)
-
-    def step():
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-        sched.step()
-
-    return step
+    return training_step(model, opt, sched, x, y)
 
 
 LOOPS = {"a": ("tiny Linear(10->1), SGD, StepLR", loop_tiny),
