@@ -39,14 +39,13 @@ class _Local(threading.local):
 
 
 _local = _Local()
+# Calls running in any thread: while 0, the hot paths skip reading the thread-local stacks.
+scaler_depth = 0  # GradScaler.step
+init_depth = 0  # scheduler and optimizer constructors
 
 
 def current_local() -> _Local:
     return _local
-
-
-def _plain_call(fn: Callable, sched: Any, args: tuple, kwargs: dict) -> Any:
-    return fn(sched, *args, **kwargs)
 
 
 def _warn_at_caller(fn: Callable, sched: Any, args: tuple, kwargs: dict) -> Any:
@@ -119,21 +118,21 @@ class Installation:
         def step(sched, *args, **kwargs):
             # PyTorch's order checks warn on the first step with stacklevel=2, which would name this
             # wrapper: on that step only, its warnings are re-issued at the caller's line.
-            call = _warn_at_caller if sched.__dict__.get("_step_count") == 1 else _plain_call
+            first = sched.__dict__.get("_step_count") == 1
             stack = local.sched_stack
             if stack and stack[-1] is sched:  # a subclass's step() calling super().step()
-                return call(fn, sched, args, kwargs)
+                return _warn_at_caller(fn, sched, args, kwargs) if first else fn(sched, *args, **kwargs)
             parent = stack[-1] if stack else None
-            in_init = bool(local.init_stack)
+            in_init = bool(init_depth and local.init_stack)
             stack.append(sched)
             t0 = _now()
             try:
-                return call(fn, sched, args, kwargs)
+                return _warn_at_caller(fn, sched, args, kwargs) if first else fn(sched, *args, **kwargs)
             finally:
                 t1 = _now()
                 stack.pop()
                 metric = args[0] if args else kwargs.get("metrics")
-                sink.scheduler_step(sched, t0, t1, parent, in_init, metric)
+                sink.target.scheduler_step(sched, t0, t1, parent, in_init, metric)
 
         step.__wrapped__ = fn
         step.__name__ = getattr(fn, "__name__", "step")
@@ -145,13 +144,16 @@ class Installation:
         sink, local = self.sink, _local
 
         def __init__(sched, *args, **kwargs):
+            global init_depth
             local.init_stack.append(sched)
+            init_depth += 1
             try:
                 fn(sched, *args, **kwargs)
             finally:
+                init_depth -= 1
                 local.init_stack.pop()
             if not any(s is sched for s in local.init_stack):
-                sink.scheduler_init(sched)
+                sink.target.scheduler_init(sched)
 
         __init__.__wrapped__ = fn
         __init__.__doc__ = getattr(fn, "__doc__", None)
@@ -162,7 +164,7 @@ class Installation:
 
         def get_lr(sched, *args, **kwargs):
             if not local.sched_stack and not local.init_stack:
-                sink.get_lr_call(sched)
+                sink.target.get_lr_call(sched)
             return fn(sched, *args, **kwargs)
 
         get_lr.__wrapped__ = fn
@@ -174,7 +176,7 @@ class Installation:
 
         def load_state_dict(sched, *args, **kwargs):
             out = fn(sched, *args, **kwargs)
-            sink.scheduler_load_state(sched)
+            sink.target.scheduler_load_state(sched)
             return out
 
         load_state_dict.__wrapped__ = fn
@@ -214,14 +216,22 @@ class Installation:
     # --------------------------------------------------------------------------- optimizers
     def _install_optimizers(self) -> None:
         sink, local = self.sink, _local
-        self.handles.append(register_optimizer_step_pre_hook(sink.optimizer_pre))
-        self.handles.append(register_optimizer_step_post_hook(sink.optimizer_post))
+
+        # torch calls these from Optimizer.step's wrapper: the user's frame is the wrapper's caller.
+        def optimizer_pre(opt, args, kwargs):
+            sink.target.optimizer_pre(opt, args, kwargs)
+
+        def optimizer_post(opt, args, kwargs):
+            sink.target.optimizer_post(opt, args, kwargs)
+
+        self.handles.append(register_optimizer_step_pre_hook(optimizer_pre))
+        self.handles.append(register_optimizer_step_post_hook(optimizer_post))
 
         def wrap_zero_grad(fn):
             def zero_grad(opt, *args, **kwargs):
                 t0 = _now()
                 out = fn(opt, *args, **kwargs)
-                sink.zero_grad(opt, "optimizer", t0, _now())
+                sink.target.zero_grad(opt, "optimizer", t0, _now())
                 return out
 
             zero_grad.__wrapped__ = fn
@@ -238,7 +248,7 @@ class Installation:
         def module_zero_grad_wrapper(module, *args, **kwargs):
             t0 = _now()
             out = module_zero_grad(module, *args, **kwargs)
-            sink.zero_grad(module, "module", t0, _now())
+            sink.target.zero_grad(module, "module", t0, _now())
             return out
 
         module_zero_grad_wrapper.__wrapped__ = module_zero_grad
@@ -248,10 +258,13 @@ class Installation:
         opt_init = Optimizer.__init__
 
         def optimizer_init(opt, *args, **kwargs):
+            global init_depth
             local.init_stack.append(opt)
+            init_depth += 1
             try:
                 opt_init(opt, *args, **kwargs)
             finally:
+                init_depth -= 1
                 local.init_stack.pop()
 
         optimizer_init.__wrapped__ = opt_init
@@ -262,7 +275,7 @@ class Installation:
         def add_param_group(opt, *args, **kwargs):
             out = add_group(opt, *args, **kwargs)
             if not any(o is opt for o in local.init_stack):
-                sink.add_param_group(opt)
+                sink.target.add_param_group(opt)
             return out
 
         add_param_group.__wrapped__ = add_group
@@ -273,7 +286,7 @@ class Installation:
 
         def load_state_dict(opt, *args, **kwargs):
             out = load_state(opt, *args, **kwargs)
-            sink.optimizer_load_state(opt)
+            sink.target.optimizer_load_state(opt)
             return out
 
         load_state_dict.__wrapped__ = load_state
@@ -287,14 +300,17 @@ class Installation:
         scaler_step = scaler_cls.step
 
         def step(scaler, optimizer, *args, **kwargs):
+            global scaler_depth
             saved = local.scaler_opt, local.scaler_called
             local.scaler_opt, local.scaler_called = optimizer, False
+            scaler_depth += 1
             try:
                 out = scaler_step(scaler, optimizer, *args, **kwargs)
                 if not local.scaler_called and getattr(scaler, "_enabled", True):
-                    sink.optimizer_skipped(optimizer)
+                    sink.target.optimizer_skipped(optimizer)
                 return out
             finally:
+                scaler_depth -= 1
                 local.scaler_opt, local.scaler_called = saved
 
         step.__wrapped__ = scaler_step
@@ -310,7 +326,7 @@ class Installation:
 
         def __iter__(loader):
             it = loader_iter(loader)
-            sink.epoch_start(loader)
+            sink.target.epoch_start(loader)
             return it
 
         __iter__.__wrapped__ = loader_iter
@@ -322,7 +338,7 @@ class Installation:
             # Only a delivered batch counts: the wait that ends in StopIteration belongs to no step.
             t0 = _now()
             batch = next_batch(it)
-            sink.data_wait(_now() - t0)
+            sink.target.data_wait(_now() - t0)
             return batch
 
         __next__.__wrapped__ = next_batch

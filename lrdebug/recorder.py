@@ -123,11 +123,53 @@ def _framework_label(code, line: int) -> str:
     return f"{path}:{line}"
 
 
-def call_site() -> int:
+# Per hot callback (SITE_OPTIMIZER, ...): how deep the user's frame was at its last call. A stack of the
+# same shape is then answered by one sys._getframe(depth): walking f_back materialises a frame object
+# for every torch wrapper in between, the dearest part of a call site.
+SITE_ANY, SITE_OPTIMIZER, SITE_SCHEDULER, SITE_ZERO_GRAD = 0, 1, 2, 3
+_depth_hint = [0, 0, 0, 0]
+
+
+def call_site(own: int = 1, hint: int = SITE_ANY) -> int:
     """Id of the call site: the first frame outside lrdebug and torch; when that frame belongs to an
     installed package (a framework's loop called ``optimizer.step()``), the user's frame that led
-    there (``trainer.fit(...)``), with the package's frame kept in FRAMEWORK_SITES (-1: no frame)."""
-    f = sys._getframe(1)
+    there (``trainer.fit(...)``), with the package's frame kept in FRAMEWORK_SITES (-1: no frame).
+
+    ``own``: how many frames above this one are lrdebug's own (the callback and patching's hook), so
+    the search starts past them. ``hint``: the callback's slot in ``_depth_hint``. A frame at the
+    hinted depth counts only if it is user code whose very call instruction (code object and offset)
+    is a registered site, i.e. one that calls into torch directly."""
+    depth = _depth_hint[hint]
+    if depth:
+        try:
+            f = sys._getframe(depth)
+        except ValueError:
+            f = None
+        if f is not None and _code_kind.get(id(f.f_code)) == _USER:
+            sid = _site_ids.get((id(f.f_code), f.f_lasti))
+            if sid is not None:
+                return sid
+    depth = own + 1
+    f = sys._getframe(depth)
+    kind_of = _code_kind.get
+    kind = kind_of(id(f.f_code))
+    while kind == _INTERNAL:
+        f = f.f_back
+        if f is None:
+            return -1
+        depth += 1
+        kind = kind_of(id(f.f_code))
+    if kind == _USER:
+        sid = _site_ids.get((id(f.f_code), f.f_lasti))
+        if sid is not None:
+            if hint:
+                _depth_hint[hint] = depth
+            return sid
+    return _walk_call_site(f)
+
+
+def _walk_call_site(f) -> int:
+    """call_site() the long way: skip every internal frame from ``f`` up, register a new site."""
     known = _code_kind.get
     while f is not None:
         kind = known(id(f.f_code))
@@ -176,7 +218,7 @@ def _read_lrs(groups) -> tuple:
     """The LR of every group, as plain values copied now (one pass; tensors only on the slow path)."""
     lrs = tuple([g["lr"] for g in groups])
     for v in lrs:
-        if type(v) is not float:
+        if v.__class__ is not float:
             return tuple([_lr_value(x) for x in lrs])
     return lrs
 
@@ -194,26 +236,65 @@ def _lr_value(v: Any) -> Any:
 
 
 class _Deferred:
-    """A device scalar (or small vector) copied without synchronising; read in the writer thread once
-    it is ready. ``seen`` turns on the conversion of live events (the live rules get None for it)."""
+    """A device scalar (or small vector) copied into pinned host memory without synchronising, and
+    read in the writer thread once the copy is done. ``seen`` turns on the conversion of live events
+    (the live rules get None for it).
 
-    __slots__ = ("host", "event")
+    The training thread pays for one asynchronous copy (cudaMemcpyAsync, plus the event PyTorch's
+    pinned allocator records for it) and nothing else: the host memory is a slice of a pinned ring
+    allocated once per dtype, and completion is checked by one event per stream per batch of reads
+    (``_fence``), recorded by the writer thread. CUDA API calls are the cost that matters on a GPU
+    host (tens of microseconds each in a virtual machine)."""
+
+    __slots__ = ("host", "stream", "n", "scalar")
     seen = False
 
     def __init__(self, t: torch.Tensor) -> None:
-        t = t.detach()
-        if t.numel() == 1:
-            t = t.reshape(())
-        self.host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+        t = t.detach().reshape(-1)
+        self.scalar = t.numel() == 1
+        self.host = _pinned_slice(t.dtype, t.numel())
         self.host.copy_(t, non_blocking=True)
-        self.event = torch.cuda.Event()
-        self.event.record()
+        self.stream = torch.cuda.current_stream(t.device)
+        self.n = next(_copies)  # taken after the copy was issued: a fence taken later covers it
         _Deferred.seen = True
 
     def resolve(self) -> float | tuple:
-        while not self.event.query():
-            time.sleep(0.0005)
-        return float(self.host) if self.host.dim() == 0 else tuple(self.host.tolist())
+        _fence(self.stream, self.n)
+        values = self.host.tolist()
+        return float(values[0]) if self.scalar else tuple(values)
+
+
+_copies = itertools.count()
+_RING_SLOTS = 1 << 16
+_rings: dict[Any, list] = {}  # dtype -> [pinned tensor, next free slot]
+_fences: dict[tuple, tuple] = {}  # (device, stream) -> (covers copies numbered below, event)
+_device_lock = threading.Lock()
+
+
+def _pinned_slice(dtype, n: int) -> torch.Tensor:
+    """n slots of pinned host memory, never handed out twice (a full ring is replaced, not reused:
+    slices still waiting to be read keep the old one alive)."""
+    with _device_lock:
+        ring = _rings.get(dtype)
+        if ring is None or ring[1] + n > ring[0].numel():
+            ring = _rings[dtype] = [torch.empty(max(_RING_SLOTS, n), dtype=dtype, pin_memory=True), 0]
+        start = ring[1]
+        ring[1] = start + n
+    return ring[0][start:start + n]
+
+
+def _fence(stream, n: int) -> None:
+    """Wait (in the writer thread, polling, no synchronisation) until copy ``n`` on ``stream`` is done."""
+    key = (stream.device_index, stream.cuda_stream)
+    with _device_lock:
+        fence = _fences.get(key)
+        if fence is None or fence[0] <= n:
+            covers = next(_copies)
+            event = torch.cuda.Event()
+            event.record(stream)
+            fence = _fences[key] = (covers, event)
+    while not fence[1].query():
+        time.sleep(0.0005)
 
 
 def _warn_at(f: Finding) -> None:
@@ -260,6 +341,22 @@ def _total_steps(opt) -> float | None:
             return float(step) if step.device.type == "cpu" else None
         return float(step)
     return None
+
+
+def _guarded(callback):
+    """A recorder callback that never breaks training: a bug stops recording (one line on stderr).
+    LRDebugError (strict) and warnings the user's filters made errors propagate."""
+
+    @functools.wraps(callback)
+    def guarded(self, *args):
+        try:
+            return callback(self, *args)
+        except (LRDebugError, Warning):
+            raise
+        except Exception as e:  # noqa: BLE001 - never kill the run
+            self._internal_error(f"{callback.__name__}: {type(e).__name__}: {e}")
+
+    return guarded
 
 
 # ------------------------------------------------------------------------------ per-object state
@@ -624,6 +721,19 @@ class Recorder:
         for f in new:
             self._report_finding(f)
 
+    def _check_step(self, event, seq, opt, sched, step, lrs, grads, site, origin, parent, value, t0) -> None:
+        """_check for the optimizer and scheduler steps: the Event is built here, positionally (a third
+        of the cost of keywords), with the site's file and line."""
+        if site >= 0:
+            file, line, _ = SITES[site]
+            framework = FRAMEWORK_SITES[site]
+            if framework:  # a framework made this call from the user's line: findings name it
+                self._frameworks[(file, line, event)] = framework
+        else:
+            file = line = None
+        self._check(_make_event((event, seq, opt, sched, step, lrs, grads, file, line, origin, parent, value,
+                                 None, 0, t0)))
+
     def _report_finding(self, f: Finding) -> None:
         if f.severity not in ("warning", "error") or f.code in self.ignore:
             return
@@ -648,82 +758,98 @@ class Recorder:
         return file, line
 
     # ------------------------------------------------------------------ hot path: optimizer step
+    # The callbacks below are called by patching's hooks through _SINK.target. Each guards itself: a bug
+    # here stops recording (one line on stderr), never training; LRDebugError (strict) and warnings the
+    # user's filters turned into errors propagate.
     def optimizer_pre(self, opt, args, kwargs) -> None:
-        if not self.enabled or (self._filter is not None and id(opt) not in self._filter):
-            return
-        st = self._opts.get(id(opt))
-        if st is None or st.ref() is not opt:
-            st = self._opt_state(opt)
-        local = patching._local
-        st.scaled = local.scaler_opt is opt
-        if st.scaled:
-            local.scaler_called = True
-        groups = opt.param_groups
-        st.lrs = _read_lrs(groups)
-        st.site = call_site()
-        if self.sample_updates and (st.steps % self.sample_updates == 0):
-            try:
-                st.sampled = _sample_before(groups, getattr(opt, "grad_scale", None))
-            except Exception as e:  # noqa: BLE001 - an unusual tensor type stops sampling, not recording
-                self._sampling_failed(e)
-        if self.cuda_timing:
-            st.cuda = _cuda_start()
-        st.t0 = _now()
+        try:
+            st = self._opts.get(id(opt))
+            if st is None or st.ref() is not opt:
+                if not self.enabled or not self._wants(opt):
+                    return
+                st = self._opt_state(opt)
+            elif not self.enabled:
+                return
+            if patching.scaler_depth:
+                local = patching._local
+                st.scaled = local.scaler_opt is opt
+                if st.scaled:
+                    local.scaler_called = True
+            else:
+                st.scaled = False
+            groups = opt.param_groups
+            st.lrs = _read_lrs(groups)
+            if self.sample_updates and (st.steps % self.sample_updates == 0):
+                try:
+                    st.sampled = _sample_before(groups, getattr(opt, "grad_scale", None))
+                except Exception as e:  # noqa: BLE001 - an unusual tensor type stops sampling, not recording
+                    self._sampling_failed(e)
+            if self.cuda_timing:
+                st.cuda = _cuda_start()
+            st.t0 = _now()
+        except Exception as e:  # noqa: BLE001
+            self._internal_error(f"optimizer_pre: {type(e).__name__}: {e}")
 
     def optimizer_post(self, opt, args, kwargs) -> None:
         t1 = _now()
-        if not self.enabled or (self._filter is not None and id(opt) not in self._filter):
-            return
-        st = self._opts.get(id(opt))
-        if st is None or st.t0 == 0:
-            return
-        t0, st.t0 = st.t0, 0
-        groups = opt.param_groups
-        extra = None
-        if st.cuda is not None:
-            extra = (_cuda_stop(st.cuda), None)
-            st.cuda = None
-        if st.sampled is not None:
-            sampled, st.sampled = st.sampled, None
-            try:
-                extra = (extra[0] if extra else None, _sample_after(sampled))
-            except Exception as e:  # noqa: BLE001
-                self._sampling_failed(e)
-        skipped = False
-        if st.scaled:
-            # Fused optimizer under GradScaler: the kernel skipped the update when found_inf > 0.
-            found_inf = opt.__dict__.get("found_inf")
-            if isinstance(found_inf, torch.Tensor):
-                if found_inf.device.type == "cpu":
-                    skipped = float(found_inf) > 0
-                else:
-                    # On a device it is read later, without a sync (see _apply_late_skips).
-                    self._late_skips.setdefault(st.index, 0)
-                    extra = (*(extra or (None, None)), _Deferred(found_inf))
-        grads = _grad_states(groups, st)
-        iter_ns = t1 - st.last_t if st.last_t else None
-        st.last_t = t1
-        wait, self._data_wait = self._data_wait, 0
-        if skipped:
-            st.skipped += 1
-            event, step = OPTIMIZER_STEP_SKIPPED, st.steps + 1
-        else:
-            st.steps += 1
-            event, step = OPTIMIZER_STEP, st.steps
-        seq = next(self._seq)
-        self.buf.append((event, seq, t0, t1 - t0, st.index, step, st.site, st.lrs, grads, iter_ns, wait or None,
-                         extra))
-        if self.checker is not None:
-            file, line = self._site_fields(st.site, event)
-            # positional _make: a third of the cost of keyword construction on the hottest path
-            self._check(_make_event((event, seq, st.index, None, step, st.lrs, grads, file, line, None, None,
-                                     None, None, 0, t0)))
-        if len(self.buf) >= self.flush_rows:
-            if len(self.buf) >= 8 * self.flush_rows:
-                self.writer.flush()  # the writer fell behind (slow disk): write here, memory stays bounded
+        try:
+            st = self._opts.get(id(opt))
+            if st is None or st.t0 == 0 or not self.enabled:
+                return
+            t0, st.t0 = st.t0, 0
+            site = call_site(2, SITE_OPTIMIZER)  # above: this callback and patching's hook
+            groups = opt.param_groups
+            extra = None
+            if st.cuda is not None:
+                extra = (_cuda_stop(st.cuda), None)
+                st.cuda = None
+            if st.sampled is not None:
+                sampled, st.sampled = st.sampled, None
+                try:
+                    extra = (extra[0] if extra else None, _sample_after(sampled))
+                except Exception as e:  # noqa: BLE001
+                    self._sampling_failed(e)
+            skipped = False
+            if st.scaled:
+                # Fused optimizer under GradScaler: the kernel skipped the update when found_inf > 0.
+                found_inf = opt.__dict__.get("found_inf")
+                if isinstance(found_inf, torch.Tensor):
+                    if found_inf.device.type == "cpu":
+                        skipped = float(found_inf) > 0
+                    else:
+                        # On a device it is read later, without a sync (see _apply_late_skips).
+                        self._late_skips.setdefault(st.index, 0)
+                        extra = (*(extra or (None, None)), _Deferred(found_inf))
+            grads = _grad_states(groups, st)
+            iter_ns = t1 - st.last_t if st.last_t else None
+            st.last_t = t1
+            wait = self._data_wait
+            if wait:
+                self._data_wait = 0
             else:
-                self.writer.wake()
+                wait = None
+            if skipped:
+                st.skipped += 1
+                event, step = OPTIMIZER_STEP_SKIPPED, st.steps + 1
+            else:
+                st.steps += 1
+                event, step = OPTIMIZER_STEP, st.steps
+            seq = next(self._seq)
+            lrs = st.lrs
+            buf = self.buf
+            buf.append((event, seq, t0, t1 - t0, st.index, step, site, lrs, grads, iter_ns, wait, extra))
+            if len(buf) >= self.flush_rows:
+                if len(buf) >= 8 * self.flush_rows:
+                    self.writer.flush()  # the writer fell behind (slow disk): write here, memory stays bounded
+                else:
+                    self.writer.wake()
+        except Exception as e:  # noqa: BLE001
+            self._internal_error(f"optimizer_post: {type(e).__name__}: {e}")
+            return
+        if self.checker is not None:
+            self._check_step(event, seq, st.index, None, step, lrs, grads, site, None, None, None, t0)
 
+    @_guarded
     def optimizer_skipped(self, opt) -> None:
         """GradScaler found inf/NaN and did not call optimizer.step()."""
         if not self.enabled or not self._wants(opt):
@@ -749,24 +875,31 @@ class Recorder:
         return seq
 
     def scheduler_step(self, sched, t0, t1, parent, in_init, metric) -> None:
-        if not self.enabled or (self._filter is not None and id(sched) not in self._filter):
-            return
         try:
             st = self._scheds.get(id(sched))
             if st is None or st.ref() is not sched:
+                if not self.enabled or not self._wants(sched):
+                    return
                 st = self._sched_state(sched)
+            elif not self.enabled:
+                return
             opt = getattr(sched, "optimizer", None)
             ost = st.ost
             if ost is None or ost.ref() is not opt:
                 ost = st.ost = self._opt_state(opt) if isinstance(opt, torch.optim.Optimizer) else None
+            parent_index = None
             if in_init:
                 origin = ORIGIN_INIT
             elif parent is not None and self._wants(parent):
                 origin = ORIGIN_CHILD
+                parent_index = self._sched_state(parent).index
             else:
                 origin = ORIGIN_USER
-            parent_index = self._sched_state(parent).index if parent is not None and self._wants(parent) else None
-            lrs = _read_lrs(ost.ref().param_groups) if ost is not None else None
+            if ost is not None:
+                lrs = _read_lrs(opt.param_groups)
+                opt_index, step = ost.index, ost.steps
+            else:
+                lrs = opt_index = step = None
             value = None
             if metric is not None:
                 try:
@@ -775,20 +908,18 @@ class Recorder:
                     value = None
             if origin != ORIGIN_INIT:
                 st.steps += 1
-            site = call_site()
-            opt_index = ost.index if ost is not None else None
-            step = ost.steps if ost is not None else None
+            site = call_site(2, SITE_SCHEDULER)  # above: this callback and patching's step wrapper
             seq = next(self._seq)
             self.other.append((SCHEDULER_STEP, seq, t0, t1 - t0, opt_index, st.index, step, site, lrs, None, origin,
                                parent_index, value, None, None, None, None, None))
         except Exception as e:  # noqa: BLE001
-            self._internal_error(f"{type(e).__name__}: {e}")
+            self._internal_error(f"scheduler_step: {type(e).__name__}: {e}")
             return
         if self.checker is not None:
-            file, line = self._site_fields(site, SCHEDULER_STEP)
-            self._check(_make_event((SCHEDULER_STEP, seq, opt_index, st.index, step, lrs or (), (), file, line,
-                                     origin, parent_index, value, None, 0, t0)))
+            self._check_step(SCHEDULER_STEP, seq, opt_index, st.index, step, lrs or (), (), site, origin,
+                             parent_index, value, t0)
 
+    @_guarded
     def scheduler_init(self, sched) -> None:
         if not self.enabled or not self._wants(sched):
             return
@@ -806,6 +937,7 @@ class Recorder:
         self._check(Event(SCHEDULER_INIT, seq, optimizer=st.opt, scheduler=st.index, lrs=lrs or (), file=file,
                           line=line, value=opt_steps, t_ns=t))
 
+    @_guarded
     def scheduler_load_state(self, sched) -> None:
         if not self.enabled or not self._wants(sched):
             return
@@ -818,6 +950,7 @@ class Recorder:
         self._check(Event(SCHEDULER_LOAD_STATE, seq, optimizer=st.opt, scheduler=st.index, file=file, line=line,
                           value=value, t_ns=t))
 
+    @_guarded
     def get_lr_call(self, sched) -> None:
         if not self.enabled or not self._wants(sched):
             return
@@ -829,22 +962,29 @@ class Recorder:
         self._check(Event(GET_LR_CALL, seq, optimizer=st.opt, scheduler=st.index, file=file, line=line, t_ns=t))
 
     def zero_grad(self, obj, origin, t0, t1) -> None:
-        if not self.enabled:
-            return
-        index = None
-        if origin == "optimizer":
-            if not self._wants(obj):
+        try:
+            if not self.enabled:
                 return
-            index = self._opt_state(obj).index
-        site = call_site()
-        seq = next(self._seq)
-        self.other.append((ZERO_GRAD, seq, t0, t1 - t0, index, None, None, site, None, None, origin, None, None,
-                           None, None, None, None, None))
-        if self.checker is not None:
-            file, line = self._site_fields(site, ZERO_GRAD)
-            self._check(_make_event((ZERO_GRAD, seq, index, None, None, (), (), file, line, origin, None, None,
-                                     None, 0, t0)))
+            index = None
+            if origin == "optimizer":
+                st = self._opts.get(id(obj))
+                if st is None or st.ref() is not obj:
+                    if not self._wants(obj):
+                        return
+                    st = self._opt_state(obj)
+                index = st.index
+            site = call_site(2, SITE_ZERO_GRAD)  # above: this callback and patching's zero_grad wrapper
+            seq = next(self._seq)
+            self.other.append((ZERO_GRAD, seq, t0, t1 - t0, index, None, None, site, None, None, origin, None, None,
+                               None, None, None, None, None))
+        except Exception as e:  # noqa: BLE001
+            self._internal_error(f"zero_grad: {type(e).__name__}: {e}")
+            return
+        checker = self.checker
+        if checker is not None:
+            checker.zero_grad(seq)  # the only rule state a zero_grad changes; it finds nothing by itself
 
+    @_guarded
     def add_param_group(self, opt) -> None:
         if not self.enabled or not self._wants(opt):
             return
@@ -862,6 +1002,7 @@ class Recorder:
         self._check(Event(ADD_PARAM_GROUP, seq, optimizer=st.index, step=st.steps, lrs=lrs, file=file, line=line,
                           value=float(len(opt.param_groups)), t_ns=t))
 
+    @_guarded
     def optimizer_load_state(self, opt) -> None:
         if not self.enabled or not self._wants(opt):
             return
@@ -877,6 +1018,7 @@ class Recorder:
         self._check(Event(OPTIMIZER_LOAD_STATE, seq, optimizer=st.index, step=st.steps, lrs=lrs, file=file,
                           line=line, value=steps, t_ns=t))
 
+    @_guarded
     def epoch_start(self, loader) -> None:
         if not self.enabled:
             return
@@ -1369,71 +1511,69 @@ def print_summary(rec: Recorder, findings: list[Finding]) -> None:
 
 
 # ------------------------------------------------------------------------------ dispatch
+class _Fan:
+    """Forwards every callback to several active recorders (nested traces), each guarded on its own."""
+
+    def __init__(self, recorders: tuple[Recorder, ...]) -> None:
+        self.recorders = recorders
+
+    def __getattr__(self, name: str):
+        def forward(*args):
+            for rec in self.recorders:
+                getattr(rec, name)(*args)  # each callback guards itself
+
+        return forward
+
+    def data_wait(self, ns: int) -> None:
+        for rec in self.recorders:
+            rec._data_wait += ns
+
+
+class _Idle:
+    """The target while no recorder is active (between the last close and the removal of the hooks)."""
+
+    def __getattr__(self, name: str):
+        return _ignore
+
+
+def _ignore(*args) -> None:
+    return None
+
+
 class _Sink:
-    """The single installation of hooks and patches, shared by all active recorders."""
+    """The single installation of hooks and patches, shared by all active recorders. The hooks call
+    ``_SINK.target``: the one active recorder itself (no dispatch layer on the hot path), a ``_Fan``
+    over several, or ``_Idle``."""
 
     def __init__(self) -> None:
         self.active: tuple[Recorder, ...] = ()
+        self.target: Any = _Idle()
         self.installation = None
         self.lock = threading.Lock()
+
+    def _retarget(self) -> None:
+        n = len(self.active)
+        self.target = self.active[0] if n == 1 else _Fan(self.active) if n else _Idle()
 
     def add(self, rec: Recorder) -> None:
         with self.lock:
             if self.installation is None:
                 self.installation = patching.install(self)
             self.active = self.active + (rec,)
+            self._retarget()
 
     def remove(self, rec: Recorder) -> None:
         with self.lock:
             self.active = tuple(r for r in self.active if r is not rec)
+            self._retarget()
             if not self.active and self.installation is not None:
                 self.installation.remove()
                 self.installation = None
 
-    def _fan(name: str):  # noqa: N805 - builds the forwarding methods below
-        def forward(self, *args):
-            for rec in self.active:
-                try:
-                    getattr(rec, name)(*args)
-                except (LRDebugError, LRDebugWarning):
-                    raise
-                except Warning:
-                    raise
-                except Exception as e:  # noqa: BLE001 - never kill the run
-                    rec._internal_error(f"{name}: {type(e).__name__}: {e}")
-
-        forward.__name__ = name
-        return forward
-
-    optimizer_skipped = _fan("optimizer_skipped")
-    scheduler_step = _fan("scheduler_step")
-    scheduler_init = _fan("scheduler_init")
-    scheduler_load_state = _fan("scheduler_load_state")
-    get_lr_call = _fan("get_lr_call")
-    zero_grad = _fan("zero_grad")
-    add_param_group = _fan("add_param_group")
-    optimizer_load_state = _fan("optimizer_load_state")
-    epoch_start = _fan("epoch_start")
-
-    def optimizer_pre(self, opt, args, kwargs):
-        for rec in self.active:
-            try:
-                rec.optimizer_pre(opt, args, kwargs)
-            except Exception as e:  # noqa: BLE001
-                rec._internal_error(f"optimizer_pre: {type(e).__name__}: {e}")
-
-    def optimizer_post(self, opt, args, kwargs):
-        for rec in self.active:
-            try:
-                rec.optimizer_post(opt, args, kwargs)
-            except (LRDebugError, Warning):
-                raise
-            except Exception as e:  # noqa: BLE001
-                rec._internal_error(f"optimizer_post: {type(e).__name__}: {e}")
-
-    def data_wait(self, ns):
-        for rec in self.active:
-            rec._data_wait += ns
+    def clear(self) -> None:
+        """In a forked child: nothing inherited records."""
+        self.active = ()
+        self._retarget()
 
 
 _SINK = _Sink()
@@ -1445,7 +1585,7 @@ def _after_fork_in_child() -> None:
         rec.enabled = False
         rec.closed = True
         rec.buf = []
-    _SINK.active = ()
+    _SINK.clear()
 
 
 if hasattr(os, "register_at_fork"):

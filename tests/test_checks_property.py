@@ -26,7 +26,8 @@ FILES = ["/src/train.py", "/src/loop.py"]
 def _register_site(file: str, line: int) -> int:
     """A call site id as the recorder makes one: call_site() from code at that file and line."""
     scope = {"call_site": recorder.call_site}
-    exec(compile("\n" * (line - 1) + "site = call_site()", file, "exec"), scope)
+    # own=0: no lrdebug frame stands between call_site and this code (the recorder passes its own count)
+    exec(compile("\n" * (line - 1) + "site = call_site(0)", file, "exec"), scope)
     return scope["site"]
 
 

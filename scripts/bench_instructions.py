@@ -1,0 +1,107 @@
+"""Instructions lrdebug adds per training iteration, counted by valgrind's callgrind.
+
+CPU time on a shared VM drifts by 10-20% over seconds, more than the costs measured here; callgrind
+counts the instructions the training thread executes, which is the same on every run. Each variant
+runs in its own process under ``valgrind --tool=callgrind``: imports and warm-up iterations run
+uninstrumented, then ``callgrind_control`` switches instrumentation on and only the measured
+iterations (inside one ``functools.reduce`` call) are counted, on the main thread only (the writer
+thread's Parquet encoding is off the training thread and is measured by bench.py's write rate).
+
+    python scripts/bench_instructions.py            # loops a, b, c; a few minutes
+    python scripts/bench_instructions.py --loops a  # one loop
+
+Needs valgrind (callgrind_control comes with it). Prints instructions per iteration, plain and
+traced, and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = r"""
+import functools, sys, tempfile
+sys.path.insert(0, {scripts!r})
+import torch, lrdebug
+from lrdebug.events import CODES
+import bench
+torch.manual_seed(0)
+step = bench.LOOPS[{loop!r}][1]()
+variant = {variant!r}
+if variant == "plain":
+    import contextlib; ctx = contextlib.nullcontext()
+else:
+    ctx = lrdebug.trace(out=tempfile.mkdtemp() + "/t", summary=False,
+                        ignore=tuple(CODES) if variant == "recording only" else ())
+with ctx:
+    for _ in range(20):
+        step()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    functools.reduce(lambda a, b: step(), range({iters}), None)
+"""
+
+VARIANTS = ("plain", "traced", "recording only")
+ITERS = {"a": 400, "b": 10, "c": 200}
+
+
+def count(loop: str, variant: str, iters: int, tmp: Path) -> int:
+    """Instructions the main thread executed inside the measured iterations."""
+    out = tmp / f"cg-{loop}-{variant.replace(' ', '_')}"
+    code = CHILD.format(scripts=str(Path(__file__).resolve().parent), loop=loop, variant=variant, iters=iters)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONHASHSEED="0")
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
+                             "--toggle-collect=functools_reduce", f"--callgrind-out-file={out}.%p",
+                             sys.executable, "-c", code],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=env)
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        proc.kill()
+        raise RuntimeError(f"{loop}/{variant}: child did not start ({line!r})")
+    subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    proc.wait()
+    main_thread = sorted(glob.glob(f"{out}.{proc.pid}-01"))
+    if proc.returncode != 0 or not main_thread:
+        raise RuntimeError(f"{loop}/{variant}: exit {proc.returncode}, no callgrind output")
+    text = Path(main_thread[0]).read_text(errors="replace")
+    totals = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
+    return int(totals.group(1))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--loops", default="abc", help="which loops (default abc)")
+    ap.add_argument("--iters", type=int, help="measured iterations per run (default a:400 b:10 c:200)")
+    ap.add_argument("--keep", type=Path, help="keep callgrind's files here (for callgrind_annotate)")
+    args = ap.parse_args(argv)
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        print("valgrind not found: install it (Debian: apt-get install valgrind)")
+        return 2
+    jobs = [(loop, v) for loop in args.loops for v in VARIANTS]
+    with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        where = args.keep or Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        futures = {job: pool.submit(count, job[0], job[1], args.iters or ITERS[job[0]], where) for job in jobs}
+        result = {job: f.result() / (args.iters or ITERS[job[0]]) for job, f in futures.items()}
+    print(f"{'loop':<4} {'variant':<16} {'instructions/iter':>18} {'added':>10} {'ratio':>7}")
+    for loop in args.loops:
+        plain = result[(loop, "plain")]
+        for v in VARIANTS:
+            n = result[(loop, v)]
+            print(f"{loop:<4} {v:<16} {n:>18,.0f} {n - plain:>10,.0f} {n / plain:>7.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
