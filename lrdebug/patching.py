@@ -127,7 +127,10 @@ class Installation:
             stack.append(sched)
             t0 = _now()
             try:
-                return _warn_at_caller(fn, sched, args, kwargs) if first else fn(sched, *args, **kwargs)
+                if first:
+                    return _warn_at_caller(fn, sched, args, kwargs)
+                # a call with *args costs a tuple and a dict: most steps pass nothing
+                return fn(sched, *args, **kwargs) if args or kwargs else fn(sched)
             finally:
                 t1 = _now()
                 stack.pop()
@@ -163,9 +166,9 @@ class Installation:
         sink, local = self.sink, _local
 
         def get_lr(sched, *args, **kwargs):
-            if not local.sched_stack and not local.init_stack:
+            if not local.sched_stack and not (init_depth and local.init_stack):
                 sink.target.get_lr_call(sched)
-            return fn(sched, *args, **kwargs)
+            return fn(sched, *args, **kwargs) if args or kwargs else fn(sched)
 
         get_lr.__wrapped__ = fn
         get_lr.__doc__ = getattr(fn, "__doc__", None)
@@ -230,7 +233,7 @@ class Installation:
         def wrap_zero_grad(fn):
             def zero_grad(opt, *args, **kwargs):
                 t0 = _now()
-                out = fn(opt, *args, **kwargs)
+                out = fn(opt, *args, **kwargs) if args or kwargs else fn(opt)
                 sink.target.zero_grad(opt, "optimizer", t0, _now())
                 return out
 
@@ -247,7 +250,7 @@ class Installation:
 
         def module_zero_grad_wrapper(module, *args, **kwargs):
             t0 = _now()
-            out = module_zero_grad(module, *args, **kwargs)
+            out = module_zero_grad(module, *args, **kwargs) if args or kwargs else module_zero_grad(module)
             sink.target.zero_grad(module, "module", t0, _now())
             return out
 

@@ -54,7 +54,7 @@ from .events import CODES, SCHEMA
 from .storage import PartWriter, TraceError, check_output_dir, torchrun_run_id as _torchrun_run_id
 
 _SCHEMA_TYPES = {f.name: f.type for f in SCHEMA}
-_make_event = Event._make
+_make_event = functools.partial(tuple.__new__, Event)  # Event._make without its Python frame
 
 _now = time.perf_counter_ns
 _LRDEBUG_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -712,18 +712,21 @@ class Recorder:
         try:
             new = checker.feed(ev)
         except Exception as e:  # noqa: BLE001 - a bug in a rule must stop neither training nor recording
-            self.checker = None
-            reason = f"a live check failed: {type(e).__name__}: {e}"
-            self.incomplete = self.incomplete or reason
-            self._report_once(f"lrdebug: internal error ({reason}); checks stopped, recording to {self.path} "
-                              "and training continue")
+            self._checks_failed(e)
             return
         for f in new:
             self._report_finding(f)
 
+    def _checks_failed(self, e: Exception) -> None:
+        self.checker = None
+        reason = f"a live check failed: {type(e).__name__}: {e}"
+        self.incomplete = self.incomplete or reason
+        self._report_once(f"lrdebug: internal error ({reason}); checks stopped, recording to {self.path} "
+                          "and training continue")
+
     def _check_step(self, event, seq, opt, sched, step, lrs, grads, site, origin, parent, value, t0) -> None:
-        """_check for the optimizer and scheduler steps: the Event is built here, positionally (a third
-        of the cost of keywords), with the site's file and line."""
+        """_check for the optimizer and scheduler steps, in one frame: the Event is built here,
+        positionally, with the site's file and line."""
         if site >= 0:
             file, line, _ = SITES[site]
             framework = FRAMEWORK_SITES[site]
@@ -731,8 +734,16 @@ class Recorder:
                 self._frameworks[(file, line, event)] = framework
         else:
             file = line = None
-        self._check(_make_event((event, seq, opt, sched, step, lrs, grads, file, line, origin, parent, value,
-                                 None, 0, t0)))
+        if _Deferred.seen and lrs:
+            lrs = tuple([None if type(v) is _Deferred else v for v in lrs])
+        try:
+            new = self.checker.feed(_make_event((event, seq, opt, sched, step, lrs, grads, file, line, origin,
+                                                 parent, value, None, 0, t0)))
+        except Exception as e:  # noqa: BLE001
+            self._checks_failed(e)
+            return
+        for f in new:
+            self._report_finding(f)
 
     def _report_finding(self, f: Finding) -> None:
         if f.severity not in ("warning", "error") or f.code in self.ignore:
