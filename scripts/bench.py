@@ -241,6 +241,13 @@ def main(argv=None) -> int:
                 rows.append((f"({key}) profiler added time / lrdebug added time", f"{cheaper:.1f}x"))
             if "no_checks" in t:
                 rows.append((f"({key}) live checks on / off", fmt_ratio(ratio(t, "traced", "no_checks"))))
+            if key == "a":  # closing a trace costs milliseconds once per run: the per-iteration cost alone
+                steady = compare(step, {"plain": v.plain, "traced": v.traced, "recording": v.recording_only},
+                                 iters[key], rounds, include_exit=False)
+                rows.append((f"({key}) steady state (closing excluded): traced / untraced",
+                             fmt_ratio(ratio(steady, "traced", "plain"))))
+                rows.append((f"({key}) steady state: recording alone / untraced",
+                             fmt_ratio(ratio(steady, "recording", "plain"))))
         calls = 500 if q else 5000
         mr = 3 if q else 21
         rows.append(("micro figures below: recording alone (checks off)", ""))

@@ -9,6 +9,7 @@ thread's Parquet encoding is off the training thread and is measured by bench.py
 
     python scripts/bench_instructions.py            # loops a, b, c; a few minutes
     python scripts/bench_instructions.py --loops a  # one loop
+    python scripts/bench_instructions.py --events   # added per optimizer step, scheduler step, zero_grad
 
 Needs valgrind (callgrind_control comes with it). Prints instructions per iteration, plain and
 traced, and the ratio.
@@ -49,14 +50,40 @@ with ctx:
     functools.reduce(lambda a, b: step(), range({iters}), None)
 """
 
+# One event at a time: a scalar parameter with a gradient, so the call itself is as cheap as torch makes it.
+EVENT = r"""
+import functools, sys, tempfile
+import torch, lrdebug
+from lrdebug.events import CODES
+params = [torch.nn.Parameter(torch.zeros(1)) for _ in range({groups})]
+for p in params:
+    p.grad = torch.zeros(1)
+opt = torch.optim.SGD([{{"params": [p]}} for p in params], lr=0.1)
+sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10**9)
+opt.step()
+call = {{"optimizer step": lambda: opt.step(), "scheduler step": lambda: sched.step(),
+        "zero_grad": lambda: opt.zero_grad()}}[{event!r}]
+if {variant!r} == "plain":
+    import contextlib; ctx = contextlib.nullcontext()
+else:
+    ctx = lrdebug.trace(out=tempfile.mkdtemp() + "/t", summary=False, ignore=tuple(CODES))
+with ctx:
+    for _ in range(50):
+        call()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    functools.reduce(lambda a, b: call(), range({iters}), None)
+"""
+EVENTS = (("optimizer step", 1), ("optimizer step", 10), ("scheduler step", 1), ("zero_grad", 1))
 VARIANTS = ("plain", "traced", "recording only")
 ITERS = {"a": 400, "b": 10, "c": 200}
 
 
-def count(loop: str, variant: str, iters: int, tmp: Path) -> int:
+def count(loop: str, variant: str, iters: int, tmp: Path, code: str | None = None) -> int:
     """Instructions the main thread executed inside the measured iterations."""
-    out = tmp / f"cg-{loop}-{variant.replace(' ', '_')}"
-    code = CHILD.format(scripts=str(Path(__file__).resolve().parent), loop=loop, variant=variant, iters=iters)
+    out = tmp / f"cg-{loop}-{variant.replace(' ', '_')}".replace(" ", "_")
+    if code is None:
+        code = CHILD.format(scripts=str(Path(__file__).resolve().parent), loop=loop, variant=variant, iters=iters)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONHASHSEED="0")
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
                              "--toggle-collect=functools_reduce", f"--callgrind-out-file={out}.%p",
@@ -84,10 +111,14 @@ def main(argv=None) -> int:
     ap.add_argument("--loops", default="abc", help="which loops (default abc)")
     ap.add_argument("--iters", type=int, help="measured iterations per run (default a:400 b:10 c:200)")
     ap.add_argument("--keep", type=Path, help="keep callgrind's files here (for callgrind_annotate)")
+    ap.add_argument("--events", action="store_true",
+                    help="instead: instructions added per optimizer step (1 and 10 groups), scheduler step, zero_grad")
     args = ap.parse_args(argv)
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         print("valgrind not found: install it (Debian: apt-get install valgrind)")
         return 2
+    if args.events:
+        return events(args.iters or 1000)
     jobs = [(loop, v) for loop in args.loops for v in VARIANTS]
     with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         where = args.keep or Path(tmp)
@@ -100,6 +131,23 @@ def main(argv=None) -> int:
         for v in VARIANTS:
             n = result[(loop, v)]
             print(f"{loop:<4} {v:<16} {n:>18,.0f} {n - plain:>10,.0f} {n / plain:>7.3f}")
+    return 0
+
+
+def events(iters: int) -> int:
+    """Per event: the recorder alone (every finding code ignored) against the same call untraced."""
+    jobs = [(event, groups, v) for event, groups in EVENTS for v in ("plain", "recording only")]
+    with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        futures = {job: pool.submit(count, f"{job[0]}-{job[1]}", job[2], iters, Path(tmp),
+                                    EVENT.format(groups=job[1], event=job[0], variant=job[2], iters=iters))
+                   for job in jobs}
+        result = {job: f.result() / iters for job, f in futures.items()}
+    print(f"{'event':<28} {'untraced':>12} {'added by lrdebug':>17}")
+    for event, groups in EVENTS:
+        plain = result[(event, groups, "plain")]
+        added = result[(event, groups, "recording only")] - plain
+        name = f"{event}, {groups} group{'s' if groups > 1 else ''}" if event == "optimizer step" else event
+        print(f"{name:<28} {plain:>12,.0f} {added:>17,.0f}")
     return 0
 
 
