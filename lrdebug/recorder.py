@@ -236,65 +236,113 @@ def _lr_value(v: Any) -> Any:
 
 
 class _Deferred:
-    """A device scalar (or small vector) copied into pinned host memory without synchronising, and
-    read in the writer thread once the copy is done. ``seen`` turns on the conversion of live events
-    (the live rules get None for it).
+    """A device scalar (or small vector) snapshotted on the device without synchronising, and brought
+    to the host by the writer thread. ``seen`` turns on the conversion of live events (the live rules
+    get None for it).
 
-    The training thread pays for one asynchronous copy (cudaMemcpyAsync, plus the event PyTorch's
-    pinned allocator records for it) and nothing else: the host memory is a slice of a pinned ring
-    allocated once per dtype, and completion is checked by one event per stream per batch of reads
-    (``_fence``), recorded by the writer thread. CUDA API calls are the cost that matters on a GPU
-    host (tens of microseconds each in a virtual machine)."""
+    The training thread pays for one device-to-device copy into a slot of a ring on the device (one
+    CUDA API call: those cost tens of microseconds each in a virtual machine) and nothing else. The
+    writer brings each ring's span of a batch to pinned host memory with one copy and one event,
+    queued on the stream that filled it (``_fetch``), and polls the event."""
 
-    __slots__ = ("host", "stream", "n", "scalar")
+    __slots__ = ("ring", "start", "n", "scalar", "value")
     seen = False
 
     def __init__(self, t: torch.Tensor) -> None:
         t = t.detach().reshape(-1)
-        self.scalar = t.numel() == 1
-        self.host = _pinned_slice(t.dtype, t.numel())
-        self.host.copy_(t, non_blocking=True)
-        self.stream = torch.cuda.current_stream(t.device)
-        self.n = next(_copies)  # taken after the copy was issued: a fence taken later covers it
+        self.n = t.numel()
+        self.scalar = self.n == 1
+        self.ring, self.start = _device_slots(t, self.n)
+        self.ring.dev[self.start:self.start + self.n].copy_(t)
+        self.value: float | tuple | None = None
         _Deferred.seen = True
 
     def resolve(self) -> float | tuple:
-        _fence(self.stream, self.n)
-        values = self.host.tolist()
-        return float(values[0]) if self.scalar else tuple(values)
+        if self.value is None:
+            _fetch([self])
+        return self.value
 
 
-_copies = itertools.count()
+class _DeviceRing:
+    """Slots on one device, of one dtype, written on one stream; never handed out twice (a full ring
+    is replaced: values still waiting to be read keep the old one alive)."""
+
+    __slots__ = ("dev", "stream", "pos")
+
+    def __init__(self, like: torch.Tensor, n: int, stream) -> None:
+        self.dev = torch.empty(max(_RING_SLOTS, n), dtype=like.dtype, device=like.device)
+        self.stream = stream
+        self.pos = 0
+
+
 _RING_SLOTS = 1 << 16
-_rings: dict[Any, list] = {}  # dtype -> [pinned tensor, next free slot]
-_fences: dict[tuple, tuple] = {}  # (device, stream) -> (covers copies numbered below, event)
+_rings: dict[tuple, _DeviceRing] = {}  # (device, dtype, stream) -> the ring being filled
 _device_lock = threading.Lock()
 
 
-def _pinned_slice(dtype, n: int) -> torch.Tensor:
-    """n slots of pinned host memory, never handed out twice (a full ring is replaced, not reused:
-    slices still waiting to be read keep the old one alive)."""
+def _device_slots(t: torch.Tensor, n: int) -> tuple[_DeviceRing, int]:
+    stream = torch.cuda.current_stream(t.device)
+    key = (t.device, t.dtype, stream.cuda_stream)
     with _device_lock:
-        ring = _rings.get(dtype)
-        if ring is None or ring[1] + n > ring[0].numel():
-            ring = _rings[dtype] = [torch.empty(max(_RING_SLOTS, n), dtype=dtype, pin_memory=True), 0]
-        start = ring[1]
-        ring[1] = start + n
-    return ring[0][start:start + n]
+        ring = _rings.get(key)
+        if ring is None or ring.pos + n > ring.dev.numel():
+            ring = _rings[key] = _DeviceRing(t, n, stream)
+        start = ring.pos
+        ring.pos = start + n
+    return ring, start
 
 
-def _fence(stream, n: int) -> None:
-    """Wait (in the writer thread, polling, no synchronisation) until copy ``n`` on ``stream`` is done."""
-    key = (stream.device_index, stream.cuda_stream)
-    with _device_lock:
-        fence = _fences.get(key)
-        if fence is None or fence[0] <= n:
-            covers = next(_copies)
-            event = torch.cuda.Event()
-            event.record(stream)
-            fence = _fences[key] = (covers, event)
-    while not fence[1].query():
-        time.sleep(0.0005)
+def _fetch(deferred: list[_Deferred]) -> None:
+    """Bring device values to the host (writer thread): per ring, one copy of the span they occupy,
+    queued on the ring's stream after the copies that filled it, and one event, polled: no
+    synchronisation."""
+    spans: dict[int, list] = {}
+    for d in deferred:
+        if d.value is not None:
+            continue
+        span = spans.get(id(d.ring))
+        if span is None:
+            spans[id(d.ring)] = [d.ring, d.start, d.start + d.n]
+        else:
+            span[1], span[2] = min(span[1], d.start), max(span[2], d.start + d.n)
+    pending = []
+    for ring, lo, hi in spans.values():
+        host = torch.empty(hi - lo, dtype=ring.dev.dtype, pin_memory=True)
+        with torch.cuda.stream(ring.stream):
+            host.copy_(ring.dev[lo:hi], non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(ring.stream)
+        pending.append((ring, lo, host, done))
+    values = {}
+    for ring, lo, host, done in pending:
+        while not done.query():
+            time.sleep(0.0005)
+        values[id(ring)] = (lo, host.tolist())
+    for d in deferred:
+        if d.value is not None:
+            continue
+        lo, host = values[id(d.ring)]
+        v = host[d.start - lo:d.start - lo + d.n]
+        d.value = float(v[0]) if d.scalar else tuple(v)
+
+
+def _prefetch(step_rows: list[tuple], other_rows: list[tuple]) -> None:
+    """Fetch every device value of a batch of rows at once (LRs, sampled norms, GradScaler found_inf)."""
+    found = []
+    for row in step_rows:
+        found.extend(v for v in row[7] if type(v) is _Deferred)
+        extra = row[11]
+        if extra is not None:
+            for e in extra[1:]:
+                if type(e) is _Deferred:
+                    found.append(e)
+                elif type(e) is tuple:
+                    found.extend(v for v in e if type(v) is _Deferred)
+    for row in other_rows:
+        if row[8]:
+            found.extend(v for v in row[8] if type(v) is _Deferred)
+    if found:
+        _fetch(found)
 
 
 def _warn_at(f: Finding) -> None:
@@ -1058,6 +1106,8 @@ class Recorder:
         step_rows, other_rows = steps[:n_steps], other[:n_other]
         del steps[:n_steps]
         del other[:n_other]
+        if _Deferred.seen:
+            _prefetch(step_rows, other_rows)
         if self._late_skips:
             self._apply_late_skips(step_rows, other_rows)
         return columns_from_rows(step_rows, other_rows, self._offset_ns, self._trace_rank())
