@@ -39,9 +39,20 @@ class _Local(threading.local):
 
 
 _local = _Local()
-# Calls running in any thread: while 0, the hot paths skip reading the thread-local stacks.
+# Calls running in any thread: while 0, the hot paths skip reading the thread-local stacks. Changed
+# under _depth_lock (`+=` on a global is not atomic across threads); read without it.
 scaler_depth = 0  # GradScaler.step
 init_depth = 0  # scheduler and optimizer constructors
+_depth_lock = threading.Lock()
+
+
+def _new_locks_after_fork() -> None:
+    global _depth_lock
+    _depth_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 
 def current_local() -> _Local:
@@ -149,11 +160,13 @@ class Installation:
         def __init__(sched, *args, **kwargs):
             global init_depth
             local.init_stack.append(sched)
-            init_depth += 1
+            with _depth_lock:
+                init_depth += 1
             try:
                 fn(sched, *args, **kwargs)
             finally:
-                init_depth -= 1
+                with _depth_lock:
+                    init_depth -= 1
                 local.init_stack.pop()
             if not any(s is sched for s in local.init_stack):
                 sink.target.scheduler_init(sched)
@@ -263,11 +276,13 @@ class Installation:
         def optimizer_init(opt, *args, **kwargs):
             global init_depth
             local.init_stack.append(opt)
-            init_depth += 1
+            with _depth_lock:
+                init_depth += 1
             try:
                 opt_init(opt, *args, **kwargs)
             finally:
-                init_depth -= 1
+                with _depth_lock:
+                    init_depth -= 1
                 local.init_stack.pop()
 
         optimizer_init.__wrapped__ = opt_init
@@ -306,14 +321,16 @@ class Installation:
             global scaler_depth
             saved = local.scaler_opt, local.scaler_called
             local.scaler_opt, local.scaler_called = optimizer, False
-            scaler_depth += 1
+            with _depth_lock:
+                scaler_depth += 1
             try:
                 out = scaler_step(scaler, optimizer, *args, **kwargs)
                 if not local.scaler_called and getattr(scaler, "_enabled", True):
                     sink.target.optimizer_skipped(optimizer)
                 return out
             finally:
-                scaler_depth -= 1
+                with _depth_lock:
+                    scaler_depth -= 1
                 local.scaler_opt, local.scaler_called = saved
 
         step.__wrapped__ = scaler_step

@@ -1642,6 +1642,8 @@ _SINK = _Sink()
 
 def _after_fork_in_child() -> None:
     # Forked DataLoader workers and multiprocessing children record nothing and write nothing.
+    global _site_lock, _device_lock
+    _site_lock, _device_lock = threading.Lock(), threading.Lock()  # another thread may have held them
     for rec in _SINK.active:
         rec.enabled = False
         rec.closed = True
