@@ -1,7 +1,8 @@
 """The only code that touches torch internals: hooks and reversible class-level patches.
 
 ``install(sink)`` observes every optimizer, scheduler, DataLoader and GradScaler in the process and
-reports to ``sink`` (the recorder registry); it returns a handle whose ``remove()`` restores every
+reports to ``sink.target`` (the active recorder itself, or a fan-out over nested ones: no dispatch
+layer on the hot path); it returns a handle whose ``remove()`` restores every
 class and hook exactly as it was. Optimizers are observed through torch's global step hooks, never
 by assigning ``opt.step`` (``LRScheduler`` wraps the instance's ``step`` and warns when it is
 replaced, pytorch#20124). Schedulers have no hook API, so their methods are patched on the class,

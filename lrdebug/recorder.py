@@ -447,7 +447,7 @@ _NO_GROUPS = (None,)
 
 
 class Recorder:
-    """Records one trace. Created by ``trace()``; callbacks arrive from ``patching`` via ``_Sink``."""
+    """Records one trace. Created by ``trace()``; callbacks arrive from ``patching`` via ``_SINK.target``."""
 
     writer_class = PartWriter  # a subclass may write lazily or elsewhere (lrdebug.child)
 
