@@ -409,7 +409,7 @@ def _guarded(callback):
 
 # ------------------------------------------------------------------------------ per-object state
 class _Opt:
-    __slots__ = ("index", "ref", "steps", "t0", "lrs", "site", "last_t", "grad_ref", "sampled", "info",
+    __slots__ = ("index", "ref", "steps", "t0", "lrs", "last_t", "grad_ref", "sampled", "info",
                  "skipped", "cuda", "scaled")
 
     def __init__(self, index: int, opt) -> None:
@@ -419,7 +419,6 @@ class _Opt:
         self.skipped = 0
         self.t0 = 0
         self.lrs = ()
-        self.site = -1
         self.last_t = 0
         self.grad_ref = None
         self.sampled = None
@@ -760,38 +759,21 @@ class Recorder:
         try:
             new = checker.feed(ev)
         except Exception as e:  # noqa: BLE001 - a bug in a rule must stop neither training nor recording
-            self._checks_failed(e)
+            self.checker = None
+            reason = f"a live check failed: {type(e).__name__}: {e}"
+            self.incomplete = self.incomplete or reason
+            self._report_once(f"lrdebug: internal error ({reason}); checks stopped, recording to {self.path} "
+                              "and training continue")
             return
         for f in new:
             self._report_finding(f)
-
-    def _checks_failed(self, e: Exception) -> None:
-        self.checker = None
-        reason = f"a live check failed: {type(e).__name__}: {e}"
-        self.incomplete = self.incomplete or reason
-        self._report_once(f"lrdebug: internal error ({reason}); checks stopped, recording to {self.path} "
-                          "and training continue")
 
     def _check_step(self, event, seq, opt, sched, step, lrs, grads, site, origin, parent, value, t0) -> None:
-        """_check for the optimizer and scheduler steps, in one frame: the Event is built here,
-        positionally, with the site's file and line."""
-        if site >= 0:
-            file, line, _ = SITES[site]
-            framework = FRAMEWORK_SITES[site]
-            if framework:  # a framework made this call from the user's line: findings name it
-                self._frameworks[(file, line, event)] = framework
-        else:
-            file = line = None
-        if _Deferred.seen and lrs:
-            lrs = tuple([None if type(v) is _Deferred else v for v in lrs])
-        try:
-            new = self.checker.feed(_make_event((event, seq, opt, sched, step, lrs, grads, file, line, origin,
-                                                 parent, value, None, 0, t0)))
-        except Exception as e:  # noqa: BLE001
-            self._checks_failed(e)
-            return
-        for f in new:
-            self._report_finding(f)
+        """_check for the optimizer and scheduler steps: the Event built positionally (a third of the
+        cost of keywords), with the site's file and line."""
+        file, line = self._site_fields(site, event)
+        self._check(_make_event((event, seq, opt, sched, step, lrs, grads, file, line, origin, parent, value,
+                                 None, 0, t0)))
 
     def _report_finding(self, f: Finding) -> None:
         if f.severity not in ("warning", "error") or f.code in self.ignore:
@@ -1584,10 +1566,6 @@ class _Fan:
                 getattr(rec, name)(*args)  # each callback guards itself
 
         return forward
-
-    def data_wait(self, ns: int) -> None:
-        for rec in self.recorders:
-            rec._data_wait += ns
 
 
 class _Idle:

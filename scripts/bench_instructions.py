@@ -28,6 +28,23 @@ import sys
 import tempfile
 from pathlib import Path
 
+# The measured part of every child: `call` warmed up untraced-or-traced, then counted inside one
+# functools.reduce (callgrind's --toggle-collect) once the parent has switched instrumentation on.
+MEASURE = r"""
+if {variant!r} == "plain":
+    import contextlib; ctx = contextlib.nullcontext()
+else:
+    ctx = lrdebug.trace(out=tempfile.mkdtemp() + "/t", summary=False,
+                        ignore=tuple(CODES) if {variant!r} == "recording only" else ())
+with ctx:
+    for _ in range({warmup}):
+        call()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    functools.reduce(lambda a, b: call(), range({iters}), None)
+"""
+
+# One loop of bench.py per child.
 CHILD = r"""
 import functools, sys, tempfile
 sys.path.insert(0, {scripts!r})
@@ -35,20 +52,8 @@ import torch, lrdebug
 from lrdebug.events import CODES
 import bench
 torch.manual_seed(0)
-step = bench.LOOPS[{loop!r}][1]()
-variant = {variant!r}
-if variant == "plain":
-    import contextlib; ctx = contextlib.nullcontext()
-else:
-    ctx = lrdebug.trace(out=tempfile.mkdtemp() + "/t", summary=False,
-                        ignore=tuple(CODES) if variant == "recording only" else ())
-with ctx:
-    for _ in range(20):
-        step()
-    print("ready", flush=True)
-    sys.stdin.readline()
-    functools.reduce(lambda a, b: step(), range({iters}), None)
-"""
+call = bench.LOOPS[{loop!r}][1]()
+""" + MEASURE
 
 # One event at a time: a scalar parameter with a gradient, so the call itself is as cheap as torch makes it.
 EVENT = r"""
@@ -63,17 +68,7 @@ sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10**9)
 opt.step()
 call = {{"optimizer step": lambda: opt.step(), "scheduler step": lambda: sched.step(),
         "zero_grad": lambda: opt.zero_grad()}}[{event!r}]
-if {variant!r} == "plain":
-    import contextlib; ctx = contextlib.nullcontext()
-else:
-    ctx = lrdebug.trace(out=tempfile.mkdtemp() + "/t", summary=False, ignore=tuple(CODES))
-with ctx:
-    for _ in range(50):
-        call()
-    print("ready", flush=True)
-    sys.stdin.readline()
-    functools.reduce(lambda a, b: call(), range({iters}), None)
-"""
+""" + MEASURE
 EVENTS = (("optimizer step", 1), ("optimizer step", 10), ("scheduler step", 1), ("zero_grad", 1))
 VARIANTS = ("plain", "traced", "recording only")
 ITERS = {"a": 400, "b": 10, "c": 200}
@@ -83,7 +78,8 @@ def count(loop: str, variant: str, iters: int, tmp: Path, code: str | None = Non
     """Instructions the main thread executed inside the measured iterations."""
     out = tmp / f"cg-{loop}-{variant.replace(' ', '_')}".replace(" ", "_")
     if code is None:
-        code = CHILD.format(scripts=str(Path(__file__).resolve().parent), loop=loop, variant=variant, iters=iters)
+        code = CHILD.format(scripts=str(Path(__file__).resolve().parent), loop=loop, variant=variant, iters=iters,
+                             warmup=20)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONHASHSEED="0")
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
                              "--toggle-collect=functools_reduce", f"--callgrind-out-file={out}.%p",
@@ -139,7 +135,8 @@ def events(iters: int) -> int:
     jobs = [(event, groups, v) for event, groups in EVENTS for v in ("plain", "recording only")]
     with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         futures = {job: pool.submit(count, f"{job[0]}-{job[1]}", job[2], iters, Path(tmp),
-                                    EVENT.format(groups=job[1], event=job[0], variant=job[2], iters=iters))
+                                    EVENT.format(groups=job[1], event=job[0], variant=job[2], iters=iters,
+                                                 warmup=50))
                    for job in jobs}
         result = {job: f.result() / iters for job, f in futures.items()}
     print(f"{'event':<28} {'untraced':>12} {'added by lrdebug':>17}")
