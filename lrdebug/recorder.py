@@ -458,7 +458,7 @@ class Recorder:
         ignore: Iterable[str] = (),
         sample_updates: int = 0,
         cuda_timing: bool = False,
-        flush_rows: int = 65536,
+        flush_rows: int = 16384,
         flush_seconds: float = 5.0,
         live_checks: bool = True,
         summary: bool = True,
@@ -1651,7 +1651,7 @@ class trace:  # noqa: N801 - used like a function: `with lrdebug.trace(...)` / `
 
     def __init__(self, *objects: Any, out: str | os.PathLike | None = None, strict: bool = False,
                  ignore: Iterable[str] = (), sample_updates: int = 0, cuda_timing: bool = False,
-                 flush_rows: int = 65536, flush_seconds: float = 5.0, summary: bool = True) -> None:
+                 flush_rows: int = 16384, flush_seconds: float = 5.0, summary: bool = True) -> None:
         if isinstance(ignore, str):
             ignore = [c.strip() for c in ignore.split(",") if c.strip()]
         self._kwargs = dict(out=out, strict=strict, ignore=tuple(ignore), sample_updates=sample_updates,

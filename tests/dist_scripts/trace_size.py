@@ -19,7 +19,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("out")
 parser.add_argument("--steps", type=int, default=131072)
 parser.add_argument("--groups", type=int, default=2)
-parser.add_argument("--flush-seconds", type=float, default=3600, help="3600: parts of 65536 steps")
+parser.add_argument("--flush-seconds", type=float, default=3600, help="3600: parts of flush_rows (16,384) steps")
 args = parser.parse_args()
 
 torch.set_num_threads(1)
