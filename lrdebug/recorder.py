@@ -11,7 +11,6 @@ import bisect
 import functools
 import itertools
 import math
-import operator
 import os
 import sys
 import threading
@@ -326,12 +325,12 @@ def _fetch(deferred: list[_Deferred]) -> None:
         d.value = float(v[0]) if d.scalar else tuple(v)
 
 
-def _prefetch(step_rows: list[tuple], other_rows: list[tuple]) -> None:
+def _prefetch(step_values: list, other_rows: list[tuple]) -> None:
     """Fetch every device value of a batch of rows at once (LRs, sampled norms, GradScaler found_inf)."""
     found = []
-    for row in step_rows:
-        found.extend(v for v in row[7] if type(v) is _Deferred)
-        extra = row[11]
+    for lrs in step_values[7::STEP_FIELDS]:
+        found.extend(v for v in lrs if type(v) is _Deferred)
+    for extra in step_values[11::STEP_FIELDS]:
         if extra is not None:
             for e in extra[1:]:
                 if type(e) is _Deferred:
@@ -439,9 +438,12 @@ class _Sched:
         self.info: dict[str, Any] = {}
 
 
-# Row tuple layout (kept free of lists and dicts so the GC does not scan it):
+# Row tuple layout of Recorder.other (kept free of lists and dicts so the GC does not scan it):
 # (event, seq, t0, dur, opt, sched, step, site, lrs, grads, origin, parent, value, loader,
 #  iter_ns, data_wait, thread, extra)
+# An optimizer step's values in Recorder.buf, STEP_FIELDS per step:
+# event, seq, t0, dur, opt, step, site, lrs, grads, iter_ns, data_wait, extra
+STEP_FIELDS = 12
 _NO_GROUPS = (None,)
 
 
@@ -474,7 +476,11 @@ class Recorder:
         self.summary = summary
         self.run_id = os.environ.get("LRDEBUG_RUN_ID") or _torchrun_run_id() or uuid.uuid4().hex
         self.path = Path(out) if out is not None else _default_out()
-        self.buf: list[tuple] = []  # optimizer steps: the hot path, narrow rows
+        # Optimizer steps, the hot path: STEP_FIELDS values per step, flat. Appending a row's values
+        # (``buf += (...)``) frees the tuple at once, where a list of row tuples kept one GC-tracked
+        # object per step: more memory, and collections that walk them all.
+        self.buf: list = []
+        self._flush_len = flush_rows * STEP_FIELDS
         self.other: list[tuple] = []  # every other event
         self._seq = itertools.count()
         self._opts: dict[int, _Opt] = {}
@@ -878,9 +884,9 @@ class Recorder:
             seq = next(self._seq)
             lrs = st.lrs
             buf = self.buf
-            buf.append((event, seq, t0, t1 - t0, st.index, step, site, lrs, grads, iter_ns, wait, extra))
-            if len(buf) >= self.flush_rows:
-                if len(buf) >= 8 * self.flush_rows:
+            buf += (event, seq, t0, t1 - t0, st.index, step, site, lrs, grads, iter_ns, wait, extra)
+            if len(buf) >= self._flush_len:
+                if len(buf) >= 8 * self._flush_len:
                     self.writer.flush()  # the writer fell behind (slow disk): write here, memory stays bounded
                 else:
                     self.writer.wake()
@@ -1080,34 +1086,34 @@ class Recorder:
 
     # ------------------------------------------------------------------ writer thread
     def _drain(self):
-        """Take the buffered rows (safe against concurrent appends: only whole prefixes are removed)."""
+        """Take the buffered rows (safe against concurrent appends: only whole prefixes are removed;
+        a step's values are added to ``buf`` by one list operation, so its length is always whole rows)."""
         steps, other = self.buf, self.other
         n_steps, n_other = len(steps), len(other)
         if n_steps == 0 and n_other == 0:
             return None
-        step_rows, other_rows = steps[:n_steps], other[:n_other]
+        step_values, other_rows = steps[:n_steps], other[:n_other]
         del steps[:n_steps]
         del other[:n_other]
         if _Deferred.seen:
-            _prefetch(step_rows, other_rows)
+            _prefetch(step_values, other_rows)
         if self._late_skips:
-            self._apply_late_skips(step_rows, other_rows)
-        return columns_from_rows(step_rows, other_rows, self._offset_ns, self._trace_rank())
+            self._apply_late_skips(step_values, other_rows)
+        return columns_from_rows(step_values, other_rows, self._offset_ns, self._trace_rank())
 
-    def _apply_late_skips(self, step_rows: list[tuple], other_rows: list[tuple]) -> None:
+    def _apply_late_skips(self, step_values: list, other_rows: list[tuple]) -> None:
         """A fused optimizer on a device tells a GradScaler skip in a tensor, read only now: make those
         rows skipped steps and renumber the optimizer's later rows, as the CPU path numbers them live."""
         done = dict(self._late_skips)
         new: dict[int, list[int]] = {}
-        for k, row in enumerate(step_rows):
-            event, seq, opt, extra = row[0], row[1], row[4], row[11]
-            step = row[5] - done.get(opt, 0) - len(new.get(opt, ()))
+        for k in range(0, len(step_values), STEP_FIELDS):
+            seq, opt, extra = step_values[k + 1], step_values[k + 4], step_values[k + 11]
+            step_values[k + 5] -= done.get(opt, 0) + len(new.get(opt, ()))
             if extra is not None and len(extra) > 2:
                 if _resolve(extra[2]) > 0:
-                    event = OPTIMIZER_STEP_SKIPPED
+                    step_values[k] = OPTIMIZER_STEP_SKIPPED
                     new.setdefault(opt, []).append(seq)
-                extra = extra[:2] if extra[0] is not None or extra[1] is not None else None
-            step_rows[k] = (event, seq, row[2], row[3], opt, step) + row[6:11] + (extra,)
+                step_values[k + 11] = extra[:2] if extra[0] is not None or extra[1] is not None else None
         for k, row in enumerate(other_rows):
             opt, step = row[4], row[6]
             if opt is not None and step is not None and opt in done:
@@ -1151,67 +1157,89 @@ def columns_from_rows(step_rows: list[tuple], other_rows: list[tuple], offset_ns
     return columns, na + nb
 
 
-def _column(rows: list[tuple], i: int) -> list:
-    return list(map(operator.itemgetter(i), rows))
+def expand_steps(values: list, offset_ns: int, rank: int) -> tuple[dict[str, Any], int]:
+    """Optimizer steps (``Recorder.buf``'s flat values) into per-group columns.
 
-
-def expand_steps(rows: list[tuple], offset_ns: int, rank: int) -> tuple[dict[str, Any], int]:
-    """Optimizer-step rows ``(event, seq, t0, dur, opt, step, site, lrs, grads, iter_ns, wait, extra)``."""
-    n = len(rows)
-    lrs = _column(rows, 7)
-    counts = np.fromiter(map(len, lrs), dtype=np.int64, count=n)
-    total = int(counts.sum())
-    uniform = total == n
+    Each column is one strided slice of the flat list (a C-level copy), then one conversion.
+    """
+    F = STEP_FIELDS
+    n = len(values) // F
+    lrs = values[7::F]
+    total = sum(map(len, lrs))
+    uniform = total == n  # one group per step (an optimizer has at least one)
+    counts = np.ones(n, dtype=np.int64) if uniform else np.fromiter(map(len, lrs), dtype=np.int64, count=n)
     idx = None if uniform else pa.array(np.repeat(np.arange(n), counts))
 
-    def ints(i, type_=pa.int64()):
-        arr = pa.array(np.fromiter(map(operator.itemgetter(i), rows), dtype=np.int64, count=n)).cast(type_)
+    def per_group(arr):
         return arr if uniform else arr.take(idx)
 
-    def maybe(i, type_):
-        arr = pa.array(_column(rows, i), type=type_)
-        return arr if uniform else arr.take(idx)
+    def ints(i, dtype=np.int64):
+        return per_group(pa.array(_int_column(values[i::F], dtype)))
 
-    flat_lr = list(itertools.chain.from_iterable(lrs))
+    def maybe(i):
+        col = values[i::F]
+        nulls = col.count(None)
+        if nulls == n:
+            return pa.nulls(total, pa.int64())
+        if nulls == 0:
+            return per_group(pa.array(np.fromiter(col, dtype=np.int64, count=n)))
+        return per_group(pa.array(col, type=pa.int64()))
+
     try:
-        lr = pa.array(flat_lr, type=pa.float64())
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-        lr = pa.array([_resolve(v) for v in flat_lr], type=pa.float64())
+        lr = pa.array(np.fromiter(itertools.chain.from_iterable(lrs), dtype=np.float64, count=total))
+    except (TypeError, ValueError):  # a None (unreadable) or a device value fetched by the writer
+        lr = pa.array([_resolve(v) for v in itertools.chain.from_iterable(lrs)], type=pa.float64())
     if uniform:
         group = pa.array(np.zeros(n, dtype=np.int32))
     else:
         group = pa.array((np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)).astype(np.int32))
-    grads = _column(rows, 8)
-    site = np.fromiter(map(operator.itemgetter(6), rows), dtype=np.int32, count=n)
+    site = _int_column(values[6::F], np.int32)
     file_col, line_col, func_col = _site_columns(site)
+    dur = _int_column(values[3::F])
     # t_ns is when the event completed: rows are numbered (seq) at completion, so t_ns is monotone
     # in seq even for nested calls (SequentialLR's children, zero_grad inside an LBFGS closure).
-    t_abs = (np.fromiter(map(operator.itemgetter(2), rows), dtype=np.int64, count=n)
-             + np.fromiter(map(operator.itemgetter(3), rows), dtype=np.int64, count=n) + offset_ns)
-    event = pa.array(_column(rows, 0), pa.string()).dictionary_encode()
-    take = (lambda a: a) if uniform else (lambda a: a.take(idx))
+    t_abs = _int_column(values[2::F]) + dur + offset_ns
+    events = values[0::F]
+    if events.count(OPTIMIZER_STEP) == n:
+        event = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([OPTIMIZER_STEP]))
+    else:
+        event = pa.array(events, pa.string()).dictionary_encode()
+    grad_col = values[8::F]
+    if uniform and grad_col.count(grad_col[0]) == n:
+        grads = np.full(n, grad_col[0][0], dtype=np.int8)
+    else:
+        grads = np.fromiter(itertools.chain.from_iterable(grad_col), dtype=np.int8, count=total)
     columns: dict[str, Any] = {
         "rank": pa.array(np.full(total, rank, dtype=np.int32)),
         "seq": ints(1),
-        "t_ns": take(pa.array(t_abs)),
-        "event": take(event),
-        "optimizer": ints(4, pa.int32()),
+        "t_ns": per_group(pa.array(t_abs)),
+        "event": per_group(event),
+        "optimizer": ints(4, np.int32),
         "group": group,
         "step": ints(5),
         "lr": lr,
-        "dur_ns": ints(3),
-        "file": take(file_col),
-        "line": take(line_col),
-        "func": take(func_col),
-        "framework_site": take(_framework_column(site)),
-        "grad": pa.array(list(itertools.chain.from_iterable(grads)), type=pa.int8()),
-        "iter_ns": maybe(9, pa.int64()),
-        "data_wait_ns": maybe(10, pa.int64()),
+        "dur_ns": per_group(pa.array(dur)),
+        "file": per_group(file_col),
+        "line": per_group(line_col),
+        "func": per_group(func_col),
+        "framework_site": per_group(_framework_column(site)),
+        "grad": pa.array(grads),
+        "iter_ns": maybe(9),
+        "data_wait_ns": maybe(10),
     }
-    extra = _column(rows, 11)
+    extra = values[11::F]
     if extra.count(None) != n:
         columns.update(_extra_columns(extra, counts, total))
     return columns, total
+
+
+def _int_column(col: list, dtype=np.int64) -> np.ndarray:
+    """A list of ints as an array; one np.full when they are all equal (the optimizer and the call
+    site of a steady loop), which costs a C-level count instead of a conversion per value."""
+    first = col[0] if col else 0
+    if type(first) is int and col[-1] == first and col.count(first) == len(col):
+        return np.full(len(col), first, dtype=dtype)
+    return np.fromiter(col, dtype=dtype, count=len(col))
 
 
 def _site_columns(site: np.ndarray):

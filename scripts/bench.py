@@ -179,7 +179,14 @@ def zero_grad_call():
 
 
 def write_rate(rows: int, groups: int, tmp: Path) -> tuple[float, float]:
-    """Sustained rows/s through the writer (expand + Arrow + Parquet zstd) and bytes per row on disk."""
+    """Sustained rows/s through the writer and bytes per row on disk.
+
+    As in a run: the step buffer is drained in batches of the recorder's default ``flush_rows``
+    steps, each batch expanded to columns, Arrow-encoded and written as a Parquet part (zstd), and
+    the parts merged as the writer merges them; closing (last merge, status file) is timed too.
+    """
+    import inspect
+
     from lrdebug import recorder as rec_mod
     from lrdebug.storage import PartWriter
 
@@ -187,12 +194,14 @@ def write_rate(rows: int, groups: int, tmp: Path) -> tuple[float, float]:
     grads = (1,) * groups
     steps = rows // groups
     rng = random.Random(0)  # realistic-ish values: timings jitter, LR decays
-    buf = [("optimizer_step", i, i * 1_000_000 + rng.randrange(200_000), 20_000 + rng.randrange(5_000), 0, i + 1, 0,
-            tuple(v * (1 - i / steps) for v in lrs), grads, 1_000_000 + rng.randrange(200_000), None, None)
-           for i in range(steps)]
+    buf = []  # the recorder's step buffer: rec_mod.STEP_FIELDS values per step, flat
+    for i in range(steps):
+        buf += ("optimizer_step", i, i * 1_000_000 + rng.randrange(200_000), 20_000 + rng.randrange(5_000), 0, i + 1,
+                0, tuple(v * (1 - i / steps) for v in lrs), grads, 1_000_000 + rng.randrange(200_000), None, None)
     if not rec_mod.SITES:
         rec_mod.SITES.append(("train.py", 10, "<module>"))
-    pending = [buf]
+    batch = inspect.signature(rec_mod.Recorder).parameters["flush_rows"].default * rec_mod.STEP_FIELDS
+    pending = [buf[k:k + batch] for k in range(0, len(buf), batch)][::-1]
     out = tmp / "rate"
 
     def drain():
@@ -202,7 +211,9 @@ def write_rate(rows: int, groups: int, tmp: Path) -> tuple[float, float]:
 
     w = PartWriter(out, drain, lambda: {"schema_version": "1.0"}, lambda: 0, "bench", print)
     t0 = time.perf_counter()
-    w.flush()
+    while pending:
+        w.flush()
+    w.close(None, [])
     dt = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in out.rglob("*.parquet"))
     return steps * groups / dt, size / (steps * groups)

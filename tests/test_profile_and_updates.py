@@ -394,7 +394,7 @@ def test_device_gradscaler_skips_read_late_are_numbered_like_cpu_skips(tmp_path)
     for batch in batches:
         for inf in batch:
             live_step += 1  # live, a device skip still counts as a step
-            rec.buf.append(("optimizer_step", next(seq), 0, 1, 0, live_step, -1, (0.1,), (1,), None, None,
+            rec.buf.extend(("optimizer_step", next(seq), 0, 1, 0, live_step, -1, (0.1,), (1,), None, None,
                             (None, None, found_inf(inf))))
             rec.other.append(("scheduler_step", next(seq), 0, 1, 0, 0, live_step, -1, (0.1,), None, "user", None,
                               None, None, None, None, None, None))
