@@ -24,7 +24,6 @@ from .events import EPOCH_START, OPTIMIZER_STEP, OPTIMIZER_STEP_SKIPPED, ORIGIN_
 SAMPLED = ("grad_norm", "param_norm", "update_norm", "update_ratio", "eff_lr")
 COLUMNS = ["seq", "event", "optimizer", "scheduler", "group", "step", "lr", "dur_ns", "iter_ns", "data_wait_ns", "cuda_ns",
            "origin", "loader", *SAMPLED]
-_OPTIONAL = {"cuda_ns", *SAMPLED}  # often entirely null: not read when the part's footer says so
 _KINDS = (OPTIMIZER_STEP, OPTIMIZER_STEP_SKIPPED, SCHEDULER_STEP, ZERO_GRAD, EPOCH_START)
 _EV = {name: i for i, name in enumerate(_KINDS)}
 _STEP, _SKIP, _SCHED, _ZERO, _EPOCH = range(len(_KINDS))
@@ -388,7 +387,8 @@ class Scan:
 
 
 def read_part(path: Path, columns: list[str] = COLUMNS) -> tuple[list[pa.RecordBatch], int | None]:
-    """One part's batches (optional columns that are entirely null are not read) and its largest ``t_ns``."""
+    """One part's batches and its largest ``t_ns``. A column the part's footer says is entirely null
+    (the sampled norms, ``cuda_ns``, ``loader`` in most runs) is not read: readers treat it as absent."""
     pf = pq.ParquetFile(path, memory_map=True)
     names = pf.schema_arrow.names
     md = pf.metadata
@@ -398,7 +398,7 @@ def read_part(path: Path, columns: list[str] = COLUMNS) -> tuple[list[pa.RecordB
         return [(md.row_group(r).column(j).statistics, md.row_group(r).num_rows) for r in range(md.num_row_groups)]
 
     wanted = [c for c in columns if c in names and not (
-        c in _OPTIONAL and all(s is not None and s.null_count == n for s, n in stats(c)))]
+        c != "event" and all(s is not None and s.null_count == n for s, n in stats(c)))]
     t_max = None
     if "t_ns" in names:
         maxima = [s.max for s, _ in stats("t_ns") if s is not None and s.has_min_max]

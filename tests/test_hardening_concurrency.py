@@ -232,3 +232,36 @@ def test_long_run_keeps_the_buffer_bounded(tmp_path):
     assert max(sizes) <= 8 * flush_rows + 8 and len(sizes) >= n // (8 * flush_rows)
     df = lrdebug.load(out, columns=["event", "step"])
     assert df["step"].tolist() == list(range(1, n + 1))
+
+
+def test_full_parts_stay_files_small_parts_merge(tmp_path):
+    """Parts written early by a flush (few rows) are merged into one file; a part of a full buffer
+    (16,384 rows or more) is left as written; every step is read back once."""
+    p = torch.nn.Parameter(torch.zeros(()))
+    opt = torch.optim.SGD([p], lr=0.01)
+    p.grad = torch.ones(())
+    out = tmp_path / "trace"
+    total = 0
+
+    def steps(n):
+        nonlocal total
+        for _ in range(n):
+            opt.step()
+        total += n
+
+    with lrdebug.trace(opt, out=out, summary=False, flush_seconds=3600, ignore=["grads-not-cleared"]) as t:
+        for _ in range(3):
+            steps(10)
+            t.dataframe()  # writes what is buffered: a small part
+        steps(20_000)  # the buffer fills (16,384 steps by default): the writer writes a full part
+        for _ in range(2):
+            steps(7)
+            t.dataframe()
+    files = sorted((out / "rank=0").glob("part-*.parquet"))
+    rows = {f.name: pq.ParquetFile(f).metadata.num_rows for f in files}
+    assert files[0].name == "part-000000-000002.parquet" and rows[files[0].name] == 30
+    singles = [name for name in rows if name.count("-") == 1]
+    assert singles and all(rows[name] >= 16_384 for name in singles)
+    assert files[-1].name.count("-") == 2  # the small parts after the full one, merged at close
+    assert sum(rows.values()) == total
+    assert lrdebug.load(out, columns=["step"])["step"].tolist() == list(range(1, total + 1))
