@@ -4,8 +4,9 @@
 
 ``--rows`` counts optimizer_step rows. Each iteration also records a zero_grad and a scheduler_step,
 as a loop stepping a per-batch scheduler does; a DataLoader epoch starts every ``--epoch`` steps and
-the update is sampled every 100 steps. Parts are written through ``storage.PartWriter`` in the
-recorder's batch size (65536 events), so the files look like a real run's.
+the update is sampled every 100 steps. Parts are written through ``storage.PartWriter``, 65,536
+events each: about a real fast loop's part (16,384 steps of 3-5 events), so the files look like a
+real run's.
 """
 
 from __future__ import annotations
