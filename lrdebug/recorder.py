@@ -50,7 +50,7 @@ from .events import (
     LRDebugWarning,
 )
 from .events import CODES, SCHEMA
-from .storage import PartWriter, TraceError, check_output_dir, torchrun_run_id as _torchrun_run_id
+from .storage import FLUSH_ROWS, PartWriter, TraceError, check_output_dir, torchrun_run_id as _torchrun_run_id
 
 _SCHEMA_TYPES = {f.name: f.type for f in SCHEMA}
 _make_event = functools.partial(tuple.__new__, Event)  # Event._make without its Python frame
@@ -460,7 +460,7 @@ class Recorder:
         ignore: Iterable[str] = (),
         sample_updates: int = 0,
         cuda_timing: bool = False,
-        flush_rows: int = 16384,
+        flush_rows: int = FLUSH_ROWS,
         flush_seconds: float = 5.0,
         live_checks: bool = True,
         summary: bool = True,
@@ -1124,17 +1124,18 @@ class Recorder:
             self._late_skips[opt] = done.get(opt, 0) + len(seqs)
 
 
-def columns_from_rows(step_rows: list[tuple], other_rows: list[tuple], offset_ns: int,
+def columns_from_rows(step_values: list, other_rows: list[tuple], offset_ns: int,
                       rank: int) -> tuple[dict[str, Any], int]:
-    """Expand both buffers into one column dict of chunked arrays (readers sort by seq)."""
+    """Expand both buffers (flat step values, other rows) into one column dict of chunked arrays
+    (readers sort by seq)."""
     import gc
 
     was_enabled = gc.isenabled()
     gc.disable()  # millions of short-lived tuples: a collection pass here is pure waste
     try:
         parts = []
-        if step_rows:
-            parts.append(expand_steps(step_rows, offset_ns, rank))
+        if step_values:
+            parts.append(expand_steps(step_values, offset_ns, rank))
         if other_rows:
             parts.append(expand_rows(other_rows, offset_ns, rank))
     finally:
@@ -1182,7 +1183,7 @@ def expand_steps(values: list, offset_ns: int, rank: int) -> tuple[dict[str, Any
         if nulls == n:
             return pa.nulls(total, pa.int64())
         if nulls == 0:
-            return per_group(pa.array(np.fromiter(col, dtype=np.int64, count=n)))
+            return per_group(pa.array(_int_column(col)))
         return per_group(pa.array(col, type=pa.int64()))
 
     try:
@@ -1679,7 +1680,7 @@ class trace:  # noqa: N801 - used like a function: `with lrdebug.trace(...)` / `
 
     def __init__(self, *objects: Any, out: str | os.PathLike | None = None, strict: bool = False,
                  ignore: Iterable[str] = (), sample_updates: int = 0, cuda_timing: bool = False,
-                 flush_rows: int = 16384, flush_seconds: float = 5.0, summary: bool = True) -> None:
+                 flush_rows: int = FLUSH_ROWS, flush_seconds: float = 5.0, summary: bool = True) -> None:
         if isinstance(ignore, str):
             ignore = [c.strip() for c in ignore.split(",") if c.strip()]
         self._kwargs = dict(out=out, strict=strict, ignore=tuple(ignore), sample_updates=sample_updates,

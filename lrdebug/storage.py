@@ -36,9 +36,12 @@ from .events import COLUMNS, METADATA_KEY, SCHEMA, SCHEMA_MAJOR, SCHEMA_VERSION,
 _PART_RE = re.compile(r"^part-([0-9]{1,18})(?:-([0-9]{1,18}))?\.parquet$")
 MERGE_PARTS = 64  # small parts (one per flush) are merged in groups of this many, so files stay few
 MERGE_ROWS = 1 << 20  # ... or of this many rows, so a reader never holds a huge file at once
+# Optimizer steps buffered before a part is written (trace()'s default flush_rows): the buffer and
+# each write's transient memory grow with it (65,536 held ~+80 MB on scripts/bench_memory.py's loop).
+FLUSH_ROWS = 16384
 # A part of this many rows or more (a full buffer at the default flush_rows) stays a file of its own:
 # merging it would only decode and encode its rows once more (it was a third of a fast loop's writing).
-MERGE_BELOW_ROWS = 16384
+MERGE_BELOW_ROWS = FLUSH_ROWS
 _RANK_RE = re.compile(r"^rank=([0-9]{1,9})$")
 STATUS_MAX_BYTES = 64 << 20
 RUN_FILE = "_lrdebug_run.json"
@@ -94,8 +97,8 @@ def _release_memory() -> None:
     """Give the memory of the buffers just written back to the system.
 
     pyarrow's default allocator (mimalloc in recent wheels) keeps what it freed for reuse: without
-    this, each flush and each part read back by a merge leaves ~8-10 MB resident, and a long run's
-    recorder held +95 MB instead of +40 MB (scripts/bench_memory.py).
+    this, each flush and each part read back by a merge leaves ~8-10 MB resident (a merge of six
+    parts: +50 MB; scripts/bench_memory.py).
     """
     pa.default_memory_pool().release_unused()
 

@@ -185,10 +185,8 @@ def write_rate(rows: int, groups: int, tmp: Path) -> tuple[float, float]:
     steps, each batch expanded to columns, Arrow-encoded and written as a Parquet part (zstd), and
     the parts merged as the writer merges them; closing (last merge, status file) is timed too.
     """
-    import inspect
-
     from lrdebug import recorder as rec_mod
-    from lrdebug.storage import PartWriter
+    from lrdebug.storage import FLUSH_ROWS, PartWriter
 
     lrs = tuple(0.1 * (i + 1) for i in range(groups))
     grads = (1,) * groups
@@ -200,7 +198,7 @@ def write_rate(rows: int, groups: int, tmp: Path) -> tuple[float, float]:
                 0, tuple(v * (1 - i / steps) for v in lrs), grads, 1_000_000 + rng.randrange(200_000), None, None)
     if not rec_mod.SITES:
         rec_mod.SITES.append(("train.py", 10, "<module>"))
-    batch = inspect.signature(rec_mod.Recorder).parameters["flush_rows"].default * rec_mod.STEP_FIELDS
+    batch = FLUSH_ROWS * rec_mod.STEP_FIELDS
     pending = [buf[k:k + batch] for k in range(0, len(buf), batch)][::-1]
     out = tmp / "rate"
 
