@@ -6,7 +6,7 @@ so they import lazily and work where torch is not installed.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402,F401
 
 # Only the warning classes load eagerly: `python -W error::lrdebug.LRDebugWarning` imports this
 # package before pyarrow can be imported.
@@ -20,23 +20,19 @@ __all__ = ["trace", "effective_lr", "load", "findings", "Report", "Finding", "LR
 
 def __getattr__(name: str):
     if name in ("trace", "effective_lr"):
-        from . import recorder
+        from . import record
 
-        return getattr(recorder, name)
+        return getattr(record, name)
     if name == "Report":
         from .report import Report
 
         return Report
-    if name == "Finding":
-        from .events import Finding
+    if name in ("Finding", "findings"):
+        from . import rules
 
-        return Finding
+        return getattr(rules, name)
     if name in ("load", "TraceError"):
-        from . import storage
+        from . import tracefile
 
-        return getattr(storage, name)
-    if name == "findings":
-        from .checks import findings
-
-        return findings
+        return getattr(tracefile, name)
     raise AttributeError(f"module 'lrdebug' has no attribute {name!r}")

@@ -10,9 +10,10 @@ import argparse
 import os
 import runpy
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from . import __version__
+from ._version import __version__
 
 
 class CommandError(Exception):
@@ -20,7 +21,7 @@ class CommandError(Exception):
 
 
 def _codes(text: str) -> list[str]:
-    from .events import CODES
+    from .rules import CODES
 
     codes = [c.strip() for c in text.split(",") if c.strip()]
     unknown = [c for c in codes if c not in CODES]
@@ -104,15 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return run_command(args)
-        from . import report
-
-        handler = {"report": report.report_command, "diff": report.diff_command, "plot": report.plot_command}
+        handler = {"report": report_command, "diff": diff_command, "plot": plot_command}
         return handler[args.command](args)
     except CommandError as e:
         print(f"lrdebug {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # TraceError and friends from the readers
-        from .storage import TraceError
+        from .tracefile import TraceError
 
         if isinstance(e, TraceError):
             print(f"lrdebug {args.command}: error: {e}", file=sys.stderr)
@@ -139,7 +138,8 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         argv = [args.module] + target
 
-    from .storage import TraceError, check_output_dir
+    from .tracefile import TraceError
+    from .tracefile.writer import check_output_dir
 
     try:  # refuse an existing trace before paying for importing torch
         if args.out is not None:
@@ -147,10 +147,10 @@ def run_command(args: argparse.Namespace) -> int:
     except TraceError as e:
         raise CommandError(str(e)) from None
 
-    from . import child
+    from .record import child
 
     child.suppress()  # this process records itself: a hook inherited from an outer `lrdebug run` stays idle
-    from .recorder import trace
+    from .record import trace
 
     t = trace(out=args.out, strict=args.strict, ignore=args.ignore, sample_updates=args.sample_updates,
               cuda_timing=args.cuda_timing)
@@ -212,7 +212,7 @@ def _print_user_traceback(exc: BaseException) -> None:
 
 
 def _run_id() -> str:
-    from .storage import torchrun_run_id
+    from .record.environment import torchrun_run_id
 
     rid = os.environ.get("LRDEBUG_RUN_ID") or torchrun_run_id()
     if rid is None:
@@ -234,3 +234,76 @@ def _exit_status(code) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+# ------------------------------------------------------------------------------ report, diff, plot
+def _console(width: int | None = None, file=None):
+    from rich.console import Console
+
+    file = file or sys.stdout
+    if width is None and not os.environ.get("COLUMNS") and not getattr(file, "isatty", lambda: False)():
+        width = 120  # a log or a pipe: rich would assume 80 columns and cut the LR table
+    return Console(file=file, width=width, highlight=False)
+
+
+def report_command(args) -> int:
+    from .report import Report
+
+    report = Report(args.trace)
+    for note in report.trace.skipped:
+        print(f"lrdebug report: skipped unreadable part {note}", file=sys.stderr)
+    try:
+        if args.format == "json":
+            from .report.renderers.jsonrenderer import render
+
+            sys.stdout.write(render(report))
+        elif args.format == "markdown":
+            sys.stdout.write(report.to_markdown())
+        else:
+            _console(args.width).print(report)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `lrdebug report | head`: the reader left, the status still counts
+        sys.stdout = open(os.devnull, "w")
+    return 1 if report.fails(args.fail_on) else 0
+
+
+def diff_command(args) -> int:
+    import json
+
+    from .report import diff_traces
+
+    result = diff_traces(args.trace_a, args.trace_b)
+    for side in ("a", "b"):
+        for note in result["skipped_parts"][side]:
+            print(f"lrdebug diff: skipped unreadable part of {side.upper()}: {note}", file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        from .report.renderers.text import diff_renderables
+
+        console = _console()
+        for r in diff_renderables(result):
+            console.print(r)
+    return 0 if result["identical"] else 1
+
+
+def plot_command(args) -> int:
+    out = Path(args.output)
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise CommandError(f"{out}: the output must end in .png, .svg or .pdf")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CommandError("plotting needs matplotlib: pip install 'lrdebug[plot]'") from None
+    from .report import Report
+    from .report.renderers.image import plot_report
+
+    report = Report(args.trace)
+    for note in report.trace.skipped:
+        print(f"lrdebug plot: skipped unreadable part {note}", file=sys.stderr)
+    try:
+        plot_report(report, out)
+    except OSError as exc:
+        raise CommandError(f"{out}: cannot write: {exc.strerror or exc}") from None
+    print(f"lrdebug plot: wrote {out}", file=sys.stderr)
+    return 0

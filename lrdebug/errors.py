@@ -21,7 +21,7 @@ class LRDebugError(RuntimeError):
 
 LRDebugWarning.__module__ = LRDebugError.__module__ = "lrdebug"  # the public name, in tracebacks too
 
-_NAMES = ("lrdebug.LRDebugWarning", "lrdebug.errors.LRDebugWarning", "lrdebug.events.LRDebugWarning")
+_NAMES = ("lrdebug.LRDebugWarning", "lrdebug.errors.LRDebugWarning")
 
 
 def reapply_warning_options() -> None:

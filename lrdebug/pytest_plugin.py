@@ -60,7 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _codes(value: Any) -> tuple[str, ...]:
-    from .events import CODES
+    from .rules import CODES
 
     if isinstance(value, str):
         value = [c.strip() for c in value.split(",") if c.strip()]
@@ -120,7 +120,7 @@ class _Tracing:
         return fail_on, ignore
 
     def _start(self, item: pytest.Item) -> None:
-        from .child import start_recorder
+        from .record.child import start_recorder
 
         fail_on, ignore = self._settings(item)
         name = _folder_name(item.nodeid)

@@ -12,9 +12,9 @@ on two shared cores make timings meaningless.
 from __future__ import annotations
 
 import argparse
-import random
 import contextlib
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import lrdebug
-from lrdebug.events import CODES
+from lrdebug.rules import CODES
 
 torch.set_num_threads(1)
 clock = time.process_time_ns
@@ -185,27 +185,28 @@ def write_rate(rows: int, groups: int, tmp: Path) -> tuple[float, float]:
     steps, each batch expanded to columns, Arrow-encoded and written as a Parquet part (zstd), and
     the parts merged as the writer merges them; closing (last merge, status file) is timed too.
     """
-    from lrdebug import recorder as rec_mod
-    from lrdebug.storage import FLUSH_ROWS, PartWriter
+    from lrdebug.record.callsites import FRAMEWORK_SITES, SITES
+    from lrdebug.tracefile.columns import STEP_FIELDS, columns_from_rows
+    from lrdebug.tracefile.writer import FLUSH_ROWS, PartWriter
 
     lrs = tuple(0.1 * (i + 1) for i in range(groups))
     grads = (1,) * groups
     steps = rows // groups
     rng = random.Random(0)  # realistic-ish values: timings jitter, LR decays
-    buf = []  # the recorder's step buffer: rec_mod.STEP_FIELDS values per step, flat
+    buf = []  # the recorder's step buffer: STEP_FIELDS values per step, flat
     for i in range(steps):
         buf += ("optimizer_step", i, i * 1_000_000 + rng.randrange(200_000), 20_000 + rng.randrange(5_000), 0, i + 1,
                 0, tuple(v * (1 - i / steps) for v in lrs), grads, 1_000_000 + rng.randrange(200_000), None, None)
-    if not rec_mod.SITES:
-        rec_mod.SITES.append(("train.py", 10, "<module>"))
-    batch = FLUSH_ROWS * rec_mod.STEP_FIELDS
+    if not SITES:
+        SITES.append(("train.py", 10, "<module>"))
+    batch = FLUSH_ROWS * STEP_FIELDS
     pending = [buf[k:k + batch] for k in range(0, len(buf), batch)][::-1]
     out = tmp / "rate"
 
     def drain():
         if not pending:
             return None
-        return rec_mod.columns_from_rows(pending.pop(), [], 0, 0)
+        return columns_from_rows(pending.pop(), [], 0, 0, SITES, FRAMEWORK_SITES)
 
     w = PartWriter(out, drain, lambda: {"schema_version": "1.0"}, lambda: 0, "bench", print)
     t0 = time.perf_counter()

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lrdebug.checks import Checker
-from lrdebug.events import CODES, Event
+from lrdebug.rules import CODES, Checker
+from lrdebug.tracefile.schema import Event
 
 
 def _checker() -> Checker:

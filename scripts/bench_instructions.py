@@ -49,7 +49,7 @@ CHILD = r"""
 import functools, sys, tempfile
 sys.path.insert(0, {scripts!r})
 import torch, lrdebug
-from lrdebug.events import CODES
+from lrdebug.rules import CODES
 import bench
 torch.manual_seed(0)
 call = bench.LOOPS[{loop!r}][1]()
@@ -59,7 +59,7 @@ call = bench.LOOPS[{loop!r}][1]()
 EVENT = r"""
 import functools, sys, tempfile
 import torch, lrdebug
-from lrdebug.events import CODES
+from lrdebug.rules import CODES
 params = [torch.nn.Parameter(torch.zeros(1)) for _ in range({groups})]
 for p in params:
     p.grad = torch.zeros(1)

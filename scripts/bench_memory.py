@@ -46,7 +46,7 @@ def child(mode: str, steps: int, out: str) -> None:
         import pyarrow.parquet  # noqa: F401
 
         import lrdebug
-        import lrdebug.recorder  # noqa: F401
+        import lrdebug.record  # noqa: F401
     p = torch.nn.Parameter(torch.zeros(()))
     opt = torch.optim.SGD([p], lr=1e-3)
     p.grad = torch.ones(())

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import lrdebug
-from lrdebug.storage import read_trace
+from lrdebug.tracefile import read_trace
 
 BASE_LR = 1e-3
 WARMUP = 20  # LambdaLR warmup, in iterations

@@ -4,7 +4,7 @@
 
 ``--rows`` counts optimizer_step rows. Each iteration also records a zero_grad and a scheduler_step,
 as a loop stepping a per-batch scheduler does; a DataLoader epoch starts every ``--epoch`` steps and
-the update is sampled every 100 steps. Parts are written through ``storage.PartWriter``, 65,536
+the update is sampled every 100 steps. Parts are written through ``tracefile.writer.PartWriter``, 65,536
 events each: about a real fast loop's part (16,384 steps of 3-5 events), so the files look like a
 real run's.
 """
@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from lrdebug import __version__
-from lrdebug.events import SCHEMA_VERSION
-from lrdebug.storage import PartWriter
+from lrdebug.tracefile.schema import SCHEMA_VERSION
+from lrdebug.tracefile.writer import PartWriter
 
 EVENTS_PER_PART = 65536
 

@@ -20,7 +20,7 @@ def torch_is_pristine():
     except ImportError:  # the reader-only tests run where torch may be blocked
         yield
         return
-    from lrdebug import patching
+    from lrdebug.record import patching
 
     assert patching.is_pristine(), "an lrdebug hook or patch was left installed before this test"
     yield

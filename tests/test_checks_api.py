@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_lrdebug, run_python
 
 import lrdebug
 from lrdebug import cli
-
-from conftest import run_lrdebug, run_python
 
 GALLERY = Path(__file__).parent / "gallery"
 

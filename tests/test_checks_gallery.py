@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import lrdebug
-from lrdebug.events import CODES
+from lrdebug.rules import CODES
 
 GALLERY = Path(__file__).parent / "gallery"
 SCRIPTS = sorted(p for p in GALLERY.glob("*.py") if p.name.startswith(("bug_", "good_")))
@@ -76,7 +76,7 @@ def runs(tmp_path_factory) -> dict[str, Run]:
         run.findings = t.findings
         run.warned = [w for w in caught if issubclass(w.category, lrdebug.LRDebugWarning)]
         run.offline = lrdebug.findings(base / script.stem)
-        from lrdebug.storage import read_trace
+        from lrdebug.tracefile import read_trace
 
         run.stored = read_trace(base / script.stem, columns=["seq"]).status[0].get("findings")
         out[script.name] = run

@@ -14,9 +14,12 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lrdebug import recorder, storage
-from lrdebug.checks import Checker, check_trace
-from lrdebug.events import EVENTS, Event
+from lrdebug.record import callsites
+from lrdebug.rules import Checker, check_trace
+from lrdebug.tracefile import Trace
+from lrdebug.tracefile.columns import expand_rows
+from lrdebug.tracefile.schema import EVENTS, Event
+from lrdebug.tracefile.writer import table_from_columns
 
 SCHED_CLASSES = ["StepLR", "MultiStepLR", "CosineAnnealingLR", "ExponentialLR", "OneCycleLR", "PolynomialLR",
                  "LambdaLR", "ReduceLROnPlateau", "SequentialLR", "MyWarmup"]
@@ -25,7 +28,7 @@ FILES = ["/src/train.py", "/src/loop.py"]
 
 def _register_site(file: str, line: int) -> int:
     """A call site id as the recorder makes one: call_site() from code at that file and line."""
-    scope = {"call_site": recorder.call_site}
+    scope = {"call_site": callsites.call_site}
     # own=0: no lrdebug frame stands between call_site and this code (the recorder passes its own count)
     exec(compile("\n" * (line - 1) + "site = call_site(0)", file, "exec"), scope)
     return scope["site"]
@@ -179,11 +182,11 @@ def _offline(events, meta, path: Path):
              ev.lrs or None, ev.grads or None, ev.origin, None, ev.value, ev.loader, None, None, None, None)
             for ev in events]
     if rows:
-        columns, n = recorder.expand_rows(rows, 0, 0)
+        columns, n = expand_rows(rows, 0, 0, callsites.SITES, callsites.FRAMEWORK_SITES)
     else:
         columns, n = {}, 0
-    table = storage.table_from_columns(columns, n, meta)
-    return check_trace(storage.Trace(path=path, table=table, meta={0: meta}))
+    table = table_from_columns(columns, n, meta)
+    return check_trace(Trace(path=path, table=table, meta={0: meta}))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,8 +11,9 @@ import math
 
 import pytest
 
-from lrdebug.checks import MANY_STEPS, Checker
-from lrdebug.events import Event
+from lrdebug.rules import Checker
+from lrdebug.rules.state import MANY_STEPS
+from lrdebug.tracefile.schema import Event
 
 OPT, SCHED = "torch.optim.sgd", "torch.optim.lr_scheduler"
 

@@ -1,4 +1,4 @@
-"""``lrdebug run`` records the Python processes the target starts (``lrdebug.child``).
+"""``lrdebug run`` records the Python processes the target starts (``lrdebug.record.child``).
 
 Two real runs: a script that starts children every way training code does (subprocess,
 multiprocessing spawn / forkserver / fork, a plain Python with and without the variable, and a
@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLES, run_lrdebug
 
 import lrdebug
-
-from conftest import EXAMPLES, run_lrdebug
 
 SCRIPT = Path(__file__).resolve().parent / "child_scripts" / "start_children.py"
 USER_SITECUSTOMIZE = "import os\nos.environ['USER_SITE_RAN'] = 'yes'\n"

@@ -10,10 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import run_lrdebug, run_python
 
 import lrdebug
-
-from conftest import run_lrdebug, run_python
 
 PROBE = """
 import json

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_lrdebug
 
 import lrdebug
 from lrdebug import cli
-from lrdebug.scan import Dist, Envelope
-
-from conftest import run_lrdebug
+from lrdebug.report.scan import Dist, Envelope
 
 
 def record(out: Path, gamma: float, steps: int = 10, groups: int = 1) -> Path:

@@ -21,12 +21,12 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
+from conftest import EXAMPLES, ROOT
 
 import lrdebug
-from lrdebug import storage
-from lrdebug.ranks import rank_findings, rank_list
-
-from conftest import EXAMPLES, ROOT
+from lrdebug.rules.ranks import rank_findings, rank_list
+from lrdebug.tracefile import TraceError, read_trace
+from lrdebug.tracefile.writer import check_output_dir, claim_rank_dir, read_run_id
 
 SCRIPTS = Path(__file__).resolve().parent / "dist_scripts"
 DDP_STEPS, DIVERGE_STEPS, DEAD_STEPS, DIE_AFTER = 20, 12, 30, 5
@@ -92,7 +92,7 @@ def test_ddp_two_partitions_merged(runs):
     assert r.stderr.count(f"lrdebug: trace written to {out}") == 2
     df = lrdebug.load(out)
     assert sorted(df["rank"].unique()) == [0, 1]
-    trace = storage.read_trace(out)
+    trace = read_trace(out)
     for rank in (0, 1):
         assert _steps(df, rank) == list(range(1, DDP_STEPS + 1))
         assert any((out / f"rank={rank}").glob("part-*.parquet"))
@@ -107,7 +107,7 @@ def test_ddp_ranks_agree_and_no_divergence(runs):
     by_rank = steps.pivot_table(index=["optimizer", "group", "step"], columns="rank", values="lr")
     assert by_rank[0].nunique() > 5  # OneCycleLR: the LR really moves
     assert (by_rank[0] == by_rank[1]).all()
-    assert rank_findings(storage.read_trace(out)) == []
+    assert rank_findings(read_trace(out)) == []
 
 
 def test_ddp_report_lists_ranks(runs, capsys):
@@ -159,7 +159,7 @@ def test_trace_inside_torchrun_shares_default_dir(runs):
 
 def test_rank_started_with_other_lr_is_named(runs):
     out = _diverge_trace(runs)
-    found = [f for f in rank_findings(storage.read_trace(out)) if "learning rate" in f.message]
+    found = [f for f in rank_findings(read_trace(out)) if "learning rate" in f.message]
     assert len(found) == 1
     f = found[0]
     assert (f.code, f.severity, f.optimizer, f.group, f.step) == ("rank-divergence", "error", 0, 0, 1)
@@ -170,11 +170,10 @@ def test_rank_started_with_other_lr_is_named(runs):
 
 
 def test_check_trace_includes_rank_divergence(runs):
-    checks = pytest.importorskip("lrdebug.checks")
-    if not hasattr(checks, "check_trace"):
-        pytest.skip("lrdebug.checks.check_trace is not there yet")
+    from lrdebug.rules import check_trace
+
     out = _diverge_trace(runs)
-    codes = [f.code for f in checks.check_trace(storage.read_trace(out))]
+    codes = [f.code for f in check_trace(read_trace(out))]
     assert "rank-divergence" in codes
 
 
@@ -182,7 +181,7 @@ def test_check_trace_includes_rank_divergence(runs):
 def test_dead_rank_does_not_block_the_other(runs):
     assert runs["dead0"].returncode == 3, runs["dead0"].stderr
     assert runs["dead1"].returncode == 0, runs["dead1"].stderr
-    trace = storage.read_trace(runs["dead_out"])
+    trace = read_trace(runs["dead_out"])
     assert trace.status[1]["state"] == "closed" and trace.status[1]["complete"] is True
     assert trace.status[0]["state"] != "closed"  # killed: no close, but its parts stay
     assert any((runs["dead_out"] / "rank=0").glob("part-*.parquet"))
@@ -194,12 +193,12 @@ def test_dead_rank_parts_loaded_and_rank_from_process_group(runs):
     assert _steps(df, 1) == list(range(1, DEAD_STEPS + 1))
     # No RANK variable: rank 1 learnt its rank from init_process_group (after the trace started) and
     # kept it after destroy_process_group, when its last part was written.
-    meta = storage.read_trace(runs["dead_out"]).meta[1]
+    meta = read_trace(runs["dead_out"]).meta[1]
     assert (meta["rank"], meta["world_size"]) == (1, 2)
 
 
 def test_dead_rank_last_step_is_named(runs):
-    found = rank_findings(storage.read_trace(runs["dead_out"]))
+    found = rank_findings(read_trace(runs["dead_out"]))
     assert [f.code for f in found] == ["rank-divergence"]
     f = found[0]
     assert f.step == DIE_AFTER and f.optimizer == 0
@@ -214,7 +213,7 @@ _LOCAL_DIST_CALLS = {"is_available", "is_initialized", "get_rank", "get_world_si
 def test_lrdebug_makes_no_collective_or_store_call():
     """lrdebug asks torch.distributed only local questions, so a dead or hung rank cannot block it."""
     used = set()
-    for path in (ROOT / "lrdebug").glob("*.py"):
+    for path in (ROOT / "lrdebug").rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("torch.distributed"):
@@ -233,16 +232,16 @@ def test_lrdebug_makes_no_collective_or_store_call():
 def test_ranks_starting_together_share_the_directory(tmp_path):
     """Another rank's directory may exist before its status does; this run's marker vouches for it."""
     root = tmp_path / "trace"
-    storage.claim_rank_dir(root / "rank=0", "run-a")  # rank 0 has started: no status written yet
-    storage.check_output_dir(root, "run-a", rank=1)  # rank 1 starting now is welcome
-    with pytest.raises(storage.TraceError, match="rank=0"):
-        storage.claim_rank_dir(root / "rank=0", "run-a")
-    with pytest.raises(storage.TraceError, match="another run"):
-        storage.check_output_dir(root, "run-b", rank=1)
-    with pytest.raises(storage.TraceError, match="another run"):
-        storage.claim_rank_dir(root / "rank=1", "run-b")
-    with pytest.raises(storage.TraceError, match="never overwritten"):
-        storage.check_output_dir(root, "run-a", rank=0)  # this rank written twice
+    claim_rank_dir(root / "rank=0", "run-a")  # rank 0 has started: no status written yet
+    check_output_dir(root, "run-a", rank=1)  # rank 1 starting now is welcome
+    with pytest.raises(TraceError, match="rank=0"):
+        claim_rank_dir(root / "rank=0", "run-a")
+    with pytest.raises(TraceError, match="another run"):
+        check_output_dir(root, "run-b", rank=1)
+    with pytest.raises(TraceError, match="another run"):
+        claim_rank_dir(root / "rank=1", "run-b")
+    with pytest.raises(TraceError, match="never overwritten"):
+        check_output_dir(root, "run-a", rank=0)  # this rank written twice
 
 
 def test_only_one_run_claims_a_directory(tmp_path):
@@ -251,9 +250,9 @@ def test_only_one_run_claims_a_directory(tmp_path):
 
     def claim(i: int) -> None:
         try:
-            storage.claim_rank_dir(root / f"rank={i}", f"run-{i % 2}")
+            claim_rank_dir(root / f"rank={i}", f"run-{i % 2}")
             results[i] = "ok"
-        except storage.TraceError:
+        except TraceError:
             results[i] = "refused"
 
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(16)]
@@ -261,7 +260,7 @@ def test_only_one_run_claims_a_directory(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    owner = storage.read_run_id(root)
+    owner = read_run_id(root)
     assert owner in ("run-0", "run-1")
     winners = {i for i, r in results.items() if r == "ok"}
     assert winners == {i for i in range(16) if f"run-{i % 2}" == owner}

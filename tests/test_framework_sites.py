@@ -28,15 +28,15 @@ def fit(model, optimizer, scheduler, steps):
 @pytest.fixture
 def fakefw(tmp_path, monkeypatch):
     """A package that counts as installed code, as site-packages does."""
-    from lrdebug import recorder
+    from lrdebug.record import callsites
 
     root = tmp_path / "site"
     (root / "fakefw").mkdir(parents=True)
     (root / "fakefw" / "__init__.py").write_text("")
     (root / "fakefw" / "trainer.py").write_text(FRAMEWORK)
     monkeypatch.syspath_prepend(str(root))
-    installed = recorder._installed_prefixes()
-    monkeypatch.setattr(recorder, "_installed_prefixes", lambda: (str(root) + os.sep,) + installed)
+    installed = callsites._installed_prefixes()
+    monkeypatch.setattr(callsites, "_installed_prefixes", lambda: (str(root) + os.sep,) + installed)
     yield
     sys.modules.pop("fakefw.trainer", None)
     sys.modules.pop("fakefw", None)

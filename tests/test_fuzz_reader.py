@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 import lrdebug
 from lrdebug import cli
-from lrdebug.events import METADATA_KEY, STATUS_FILE
+from lrdebug.tracefile.schema import METADATA_KEY, STATUS_FILE
 
 TIME_LIMIT_S = 30  # one read or report of a small damaged trace; a hang fails the test instead of blocking
 

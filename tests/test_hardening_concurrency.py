@@ -10,10 +10,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import run_python
 
 import lrdebug
-
-from conftest import run_python
 
 FORKS = textwrap.dedent('''
     import json, os, sys

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_lrdebug
 
 import lrdebug
-
-from conftest import run_lrdebug
 
 
 def train(steps: int = 60, at: int | None = None, action=None) -> list[bytes]:
@@ -88,7 +87,7 @@ def test_full_disk(tmp_path, capsys, untraced):
 def checker_class(monkeypatch):
     """The rule engine's class; a stand-in with the same interface where it is not installed."""
     try:
-        from lrdebug.checks import Checker
+        from lrdebug.rules import Checker
     except ImportError:
         class Checker:
             def __init__(self, ignore=()):
@@ -106,9 +105,9 @@ def checker_class(monkeypatch):
             def finish(self):
                 return []
 
-        module = types.ModuleType("lrdebug.checks")
+        module = types.ModuleType("lrdebug.rules")
         module.Checker = Checker
-        monkeypatch.setitem(sys.modules, "lrdebug.checks", module)
+        monkeypatch.setitem(sys.modules, "lrdebug.rules", module)
     return Checker
 
 

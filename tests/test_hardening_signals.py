@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_lrdebug, run_python
 
 import lrdebug
-
-from conftest import run_lrdebug, run_python
 
 # Trains until stopped. MODE=trace wraps the loop in lrdebug.trace(); plain runs it as it is (also
 # what `lrdebug run` runs). KILL_AT=n sends SIG to itself after step n; without it, the parent sends it.

@@ -19,12 +19,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
+from conftest import ROOT
 from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, Dataset
 
 import lrdebug
-
-from conftest import ROOT
 
 torch.set_num_threads(1)
 REL = 1e-5
@@ -379,14 +378,15 @@ def test_bench_sampling_quick_prints_both_ratios(capsys):
 def test_device_gradscaler_skips_read_late_are_numbered_like_cpu_skips(tmp_path):
     """A fused optimizer on a GPU reports a skip in a device tensor that the writer reads later
     (never at the step). Simulated on CPU: rows as the step recorded them, found_inf resolved late."""
-    from lrdebug import recorder as rec_mod
+    from lrdebug.record.device import _Deferred
+    from lrdebug.record.recorder import Recorder
 
     def found_inf(value):
-        deferred = rec_mod._Deferred.__new__(rec_mod._Deferred)
+        deferred = _Deferred.__new__(_Deferred)
         deferred.value = float(value)  # already fetched: the writer reads it
         return deferred
 
-    rec = rec_mod.Recorder(out=tmp_path / "unused", live_checks=False, summary=False)
+    rec = Recorder(out=tmp_path / "unused", live_checks=False, summary=False)
     rec._late_skips[0] = 0
     seq = itertools.count()
     batches = [[0, 1, 0], [1, 0]]  # found_inf per step, drained in two flushes

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import EXAMPLES, run_lrdebug
 from torch.optim import lr_scheduler as S
 
 import lrdebug
-from lrdebug import patching
-
-from conftest import EXAMPLES, run_lrdebug
+from lrdebug.record import patching
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import EXAMPLES, run_lrdebug, run_python
 from rich.console import Console
 
 import lrdebug
 from lrdebug import cli
-from lrdebug.events import STATUS_FILE
-
-from conftest import EXAMPLES, run_lrdebug, run_python
+from lrdebug.tracefile.schema import STATUS_FILE
 
 # Two param groups (one named, with an escape sequence in the name), a DataLoader of 4 batches for 3
 # epochs, StepLR per epoch, and one misuse: the scheduler steps once before the first optimizer step.

@@ -16,7 +16,6 @@ import torch
 
 import lrdebug
 
-
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals, ulimit and fork")
 
 @pytest.fixture(autouse=True, scope="module")

@@ -18,8 +18,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import storage
-from .events import EPOCH_START, OPTIMIZER_STEP, OPTIMIZER_STEP_SKIPPED, ORIGIN_INIT, SCHEDULER_STEP, ZERO_GRAD
+from ..tracefile import Trace
+from ..tracefile.reader import conform, find_parts, short_error
+from ..tracefile.schema import (
+    EPOCH_START,
+    OPTIMIZER_STEP,
+    OPTIMIZER_STEP_SKIPPED,
+    ORIGIN_INIT,
+    SCHEDULER_STEP,
+    ZERO_GRAD,
+)
 
 SAMPLED = ("grad_norm", "param_norm", "update_norm", "update_ratio", "eff_lr")
 COLUMNS = ["seq", "event", "optimizer", "scheduler", "group", "step", "lr", "dur_ns", "iter_ns", "data_wait_ns", "cuda_ns",
@@ -403,19 +411,19 @@ def read_part(path: Path, columns: list[str] = COLUMNS) -> tuple[list[pa.RecordB
     if "t_ns" in names:
         maxima = [s.max for s, _ in stats("t_ns") if s is not None and s.has_min_max]
         t_max = max(maxima) if maxima and all(type(m) is int for m in maxima) else None
-    table = storage.conform(pf.read(columns=wanted, use_threads=False))  # an untrusted file: cast, validate
+    table = conform(pf.read(columns=wanted, use_threads=False))  # an untrusted file: cast, validate
     if "event" not in table.column_names:
         raise ValueError("no event column")
     return table.to_batches(), t_max
 
 
-def scan_trace(trace: storage.Trace) -> tuple[Scan, dict[int, int], int]:
+def scan_trace(trace: Trace) -> tuple[Scan, dict[int, int], int]:
     """Stream every readable part of ``trace`` through a ``Scan``; parts that fail are added to ``trace.skipped``.
 
     Returns the scan, the largest ``t_ns`` per rank and the number of parts read.
     """
     skipped = {s.split(" (")[0] for s in trace.skipped}
-    parts = [(r, p) for r, _, p in storage.find_parts(trace.path) if str(p.relative_to(trace.path)) not in skipped]
+    parts = [(r, p) for r, _, p in find_parts(trace.path) if str(p.relative_to(trace.path)) not in skipped]
     scan = Scan(min([r for r, _ in parts] or trace.ranks or [0]))
     t_max: dict[int, int] = {}
     read = 0
@@ -434,7 +442,7 @@ def scan_trace(trace: storage.Trace) -> tuple[Scan, dict[int, int], int]:
             try:
                 batches, tm = future.result()
             except Exception as exc:  # noqa: BLE001 - a part that cannot be read is named and skipped
-                trace.skipped.append(f"{part.relative_to(trace.path)} ({storage._short(exc)})")
+                trace.skipped.append(f"{part.relative_to(trace.path)} ({short_error(exc)})")
                 continue
             read += 1
             if tm is not None:

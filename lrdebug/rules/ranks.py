@@ -11,9 +11,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .events import CODES, OPTIMIZER_STEP, OPTIMIZER_STEP_SKIPPED, Finding
+from ..tracefile.schema import OPTIMIZER_STEP, OPTIMIZER_STEP_SKIPPED
+from .finding import Finding
+from .registry import CODES, define
 
 CODE = "rank-divergence"
+define(CODE, "error", "ranks disagree on the LR or step count at the same step", "ranks")
 _NEEDED = ["rank", "event", "optimizer", "group", "step", "lr"]
 _WANTED = _NEEDED + ["file", "line"]
 # Ranks run the same scheduler code on the same inputs, so their LRs are bit-identical; the tolerance
@@ -22,10 +25,10 @@ _REL_TOL = 1e-12
 
 
 def rank_findings(trace) -> list[Finding]:
-    """`rank-divergence` findings of a trace (a ``storage.Trace``); none when it has one rank."""
+    """`rank-divergence` findings of a trace (a ``tracefile.Trace``); none when it has one rank."""
     table = trace.table
     if not set(_NEEDED) <= set(table.column_names):
-        from .storage import read_trace
+        from ..tracefile import read_trace
 
         table = read_trace(trace.path, columns=_WANTED).table
     ranks = sorted(set(trace.ranks) | set(table.column("rank").unique().to_pylist()) - {None})

@@ -1,39 +1,33 @@
-"""The trace on disk: complete Parquet parts written off the training thread, and the reader.
-
-Layout of a trace directory::
-
-    <trace>/rank=<r>/part-000000.parquet     complete Parquet files, written atomically (tmp + rename)
-    <trace>/rank=<r>/_lrdebug_status.json    run metadata, state (running/closed), completeness, findings
-    <trace>/_lrdebug_run.json                 the run id that owns the directory (ranks of one run share it)
-
-The rank is the Hive partition key: the files do not repeat it as a column (pandas and Spark refuse a
-column that is also a partition key); readers take it from ``rank=<r>``.
-
-Every part also carries the run metadata as JSON in its schema metadata, so the parts alone describe
-the run when a process was killed before writing its status.
+"""Writing a trace: complete Parquet parts written off the training thread, merged as the run goes,
+and the per-rank status file. Claims the output directory so an existing trace is never overwritten.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .events import COLUMNS, METADATA_KEY, SCHEMA, SCHEMA_MAJOR, SCHEMA_VERSION, STATUS_FILE
+from .schema import (
+    METADATA_KEY,
+    PART_RE,
+    RANK_RE,
+    RUN_FILE,
+    RUN_TMP_RE,
+    SCHEMA,
+    SCHEMA_VERSION,
+    STATUS_FILE,
+    TraceError,
+    read_status,
+    write_json_atomic,
+)
 
-# ASCII digits, and ranks that fit an int32: a trace is untrusted input.
-# part-000007.parquet, or part-000000-000063.parquet: parts 0..63 merged into one file
-_PART_RE = re.compile(r"^part-([0-9]{1,18})(?:-([0-9]{1,18}))?\.parquet$")
 MERGE_PARTS = 64  # small parts (one per flush) are merged in groups of this many, so files stay few
 MERGE_ROWS = 1 << 20  # ... or of this many rows, so a reader never holds a huge file at once
 # Optimizer steps buffered before a part is written (trace()'s default flush_rows): the buffer and
@@ -42,10 +36,6 @@ FLUSH_ROWS = 16384
 # A part of this many rows or more (a full buffer at the default flush_rows) stays a file of its own:
 # merging it would only decode and encode its rows once more (it was a third of a fast loop's writing).
 MERGE_BELOW_ROWS = FLUSH_ROWS
-_RANK_RE = re.compile(r"^rank=([0-9]{1,9})$")
-STATUS_MAX_BYTES = 64 << 20
-RUN_FILE = "_lrdebug_run.json"
-_RUN_TMP_RE = re.compile(r"^\._lrdebug_run\.json\.[0-9a-f]+\.tmp$")
 _DICT_COLUMNS = [f.name for f in SCHEMA if pa.types.is_dictionary(f.type)]
 _WRITE_OPTIONS = dict(
     compression="zstd",
@@ -58,24 +48,6 @@ _WRITE_OPTIONS = dict(
         "lr": "BYTE_STREAM_SPLIT",
     },
 )
-
-
-def torchrun_run_id() -> str | None:
-    """An id every rank of one torchrun launch derives alike from its environment, without talking."""
-    if "TORCHELASTIC_RUN_ID" in os.environ and "MASTER_PORT" in os.environ:
-        return "torchrun-{}-{}-{}".format(os.environ["TORCHELASTIC_RUN_ID"], os.environ.get("MASTER_ADDR", ""),
-                                          os.environ["MASTER_PORT"])
-    return None
-
-
-class TraceError(Exception):
-    """Unusable trace input; the CLI prints it as one line and exits 2."""
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, default=str))
-    os.replace(tmp, path)
 
 
 def table_from_columns(columns: dict[str, Any], n: int, metadata: dict[str, Any]) -> pa.Table:
@@ -208,7 +180,7 @@ class PartWriter:
         small, self._small = [path for path, _ in self._small], []
         if len(small) < 2:
             return
-        first, last = (int(_PART_RE.match(p.name).group(1)) for p in (small[0], small[-1]))
+        first, last = (int(PART_RE.match(p.name).group(1)) for p in (small[0], small[-1]))
         name = f"part-{first:06d}-{last:06d}.parquet"
         tmp = small[0].parent / f".{name}.tmp"
         try:
@@ -274,7 +246,7 @@ def claim_rank_dir(rank_dir: Path, run_id: str) -> None:
     root = rank_dir.parent
     claim_root(root, run_id)
     for other in root.iterdir():
-        if not _RANK_RE.match(other.name):
+        if not RANK_RE.match(other.name):
             continue
         status = read_status(other)
         if status is not None and status.get("run_id") not in (None, run_id):
@@ -334,9 +306,9 @@ def check_output_dir(root: Path, run_id: str, rank: int | None = None) -> None:
     if has_marker and not ours:
         raise TraceError(f"{root} holds a trace of another run; choose another output directory (--out)")
     for entry in root.iterdir():
-        if (ours and entry.name == RUN_FILE) or _RUN_TMP_RE.match(entry.name):
+        if (ours and entry.name == RUN_FILE) or RUN_TMP_RE.match(entry.name):
             continue  # this run's marker, or another rank of this run writing it now
-        is_rank = _RANK_RE.match(entry.name) is not None
+        is_rank = RANK_RE.match(entry.name) is not None
         status = read_status(entry) if is_rank else None
         # A rank directory of this run may have no status yet: its rank is starting right now.
         same_run = is_rank and (ours or (status is not None and status.get("run_id") == run_id))
@@ -347,215 +319,3 @@ def check_output_dir(root: Path, run_id: str, rank: int | None = None) -> None:
             )
 
 
-def read_status(rank_dir: Path) -> dict[str, Any] | None:
-    """The status JSON of one rank, or None when missing or unreadable (not a regular file, too big,
-    not JSON, nested too deep)."""
-    path = rank_dir / STATUS_FILE
-    try:
-        if not path.is_file():  # a FIFO would block, /dev/zero would never end
-            return None
-        with open(path, "rb") as f:
-            raw = f.read(STATUS_MAX_BYTES + 1)
-        if len(raw) > STATUS_MAX_BYTES:
-            return None
-        data = json.loads(raw)
-    except (OSError, ValueError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-# ----------------------------------------------------------------------------------------- reader
-
-
-@dataclass
-class Trace:
-    """A trace read from disk: the rows, and per-rank metadata and state."""
-
-    path: Path
-    table: pa.Table
-    meta: dict[int, dict[str, Any]] = field(default_factory=dict)
-    status: dict[int, dict[str, Any]] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
-
-    @property
-    def ranks(self) -> list[int]:
-        return sorted(set(self.meta) | set(self.status))
-
-    def to_pandas(self):
-        """Integer columns stay integers (nullable), strings become categoricals."""
-        import pandas as pd
-
-        nullable = {pa.int8(): pd.Int8Dtype(), pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
-        return self.table.to_pandas(types_mapper=nullable.get)
-
-
-def _check_version(version: Any, where: Path) -> None:
-    """Refuse a newer major version (TraceError); an unreadable one is damage (ValueError)."""
-    text = str(version)[:20]
-    try:
-        major = int(text.split(".")[0])
-    except ValueError:
-        raise ValueError(f"unreadable schema version {text!r}") from None
-    if major > SCHEMA_MAJOR:
-        raise TraceError(
-            f"{where}: trace schema version {text} is newer than this lrdebug reads "
-            f"({SCHEMA_VERSION}); upgrade lrdebug"
-        )
-
-
-def _part_meta(schema: pa.Schema) -> dict[str, Any]:
-    raw = (schema.metadata or {}).get(METADATA_KEY)
-    if raw is None:
-        raise ValueError("no lrdebug metadata")
-    meta = json.loads(raw)
-    if not isinstance(meta, dict):
-        raise ValueError("lrdebug metadata is not an object")
-    return clean_meta(meta)
-
-
-def clean_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """The object registry in the shape readers index into: ``optimizers`` and ``schedulers`` lists
-    of objects, each optimizer's ``groups`` a list of objects (damaged entries become ``{}``)."""
-    meta = dict(meta)
-    for key in ("optimizers", "schedulers"):
-        items = meta.get(key)
-        items = [dict(x) if isinstance(x, dict) else {} for x in items] if isinstance(items, list) else []
-        for item in items:
-            groups = item.get("groups")
-            if groups is not None:
-                item["groups"] = [g if isinstance(g, dict) else {} for g in groups] if isinstance(groups, list) else []
-        meta[key] = items
-    return meta
-
-
-_INDEX_COLUMNS = ("rank", "optimizer", "scheduler", "group", "parent", "loader")
-
-
-def conform(table: pa.Table) -> pa.Table:
-    """The columns of a part that the schema knows, cast to the schema's types and fully validated
-    (UTF-8, offsets, dictionary indices), so that readers can trust every buffer. Raises on a column
-    that cannot be cast or on damaged data."""
-    names = [n for n in table.column_names if n in SCHEMA.names]
-    if len(set(names)) != len(names):
-        raise ValueError("duplicate columns")
-    arrays = []
-    for name in names:
-        col, typ = table.column(name), SCHEMA.field(name).type
-        arrays.append(col if col.type == typ else col.cast(typ))
-    out = pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(n) for n in names]))
-    out.validate(full=True)
-    for name in _INDEX_COLUMNS:  # readers index lists with these
-        if name in names and out.num_rows and (pc.min(out.column(name)).as_py() or 0) < 0:
-            raise ValueError(f"negative {name} index")
-    return out
-
-
-def _conform(table: pa.Table, columns: list[str], rank: int) -> pa.Table:
-    """Cast a part to the current schema's columns: missing ones become null, others are dropped;
-    ``rank`` comes from the partition directory."""
-    table = conform(table)
-    arrays = []
-    for name in columns:
-        f = SCHEMA.field(name)
-        if name in table.column_names:
-            arrays.append(table.column(name))
-        elif name == "rank":
-            arrays.append(pa.repeat(pa.scalar(rank, f.type), table.num_rows))
-        else:
-            arrays.append(pa.nulls(table.num_rows, f.type))
-    return pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(c) for c in columns]))
-
-
-def find_parts(root: Path) -> list[tuple[int, int, Path]]:
-    parts = []
-    for rank_dir in root.iterdir():
-        m = _RANK_RE.match(rank_dir.name)
-        if not m or not rank_dir.is_dir():
-            continue
-        found = []
-        for f in rank_dir.iterdir():
-            pm = _PART_RE.match(f.name)
-            if pm and f.is_file():  # a FIFO or a device named like a part would block or never end
-                first = int(pm.group(1))
-                found.append((first, int(pm.group(2)) if pm.group(2) else None, f))
-        merged = [(a, b) for a, b, _ in found if b is not None]
-        for first, last, f in found:
-            if last is None and any(a <= first <= b for a, b in merged):
-                continue  # also in a merged part (the process ended before deleting it)
-            parts.append((int(m.group(1)), first, f))
-    return sorted(parts)
-
-
-def read_trace(path: str | os.PathLike, columns: list[str] | None = None) -> Trace:
-    """Read a trace directory; corrupt parts are skipped and named in ``Trace.skipped``."""
-    root = Path(path)
-    if not root.exists():
-        raise TraceError(f"{root}: no such trace")
-    if not root.is_dir():
-        raise TraceError(f"{root}: not a trace (expected a directory with rank=<r>/ partitions)")
-    try:
-        parts = find_parts(root)
-        rank_dirs = [d for d in root.iterdir() if _RANK_RE.match(d.name) and d.is_dir()]
-    except OSError as exc:
-        raise TraceError(f"{root}: cannot read: {exc.strerror or exc}") from None
-    if not rank_dirs:
-        if not any(root.iterdir()):
-            raise TraceError(f"{root}: empty directory, not a trace")
-        raise TraceError(f"{root}: not an lrdebug trace (no rank=<r>/ partitions)")
-    wanted = list(COLUMNS) if columns is None else [c for c in COLUMNS if c in columns]
-    trace = Trace(path=root, table=pa.Table.from_arrays([], schema=pa.schema([])))
-    for rank_dir in rank_dirs:
-        status = read_status(rank_dir)
-        if status is not None:
-            try:
-                _check_version(status.get("schema_version", "1.0"), rank_dir / STATUS_FILE)
-            except ValueError:
-                continue  # a damaged status: the parts still describe the run
-            rank = int(_RANK_RE.match(rank_dir.name).group(1))
-            trace.status[rank] = status
-            if isinstance(status.get("meta"), dict):
-                trace.meta[rank] = status["meta"] = clean_meta(status["meta"])
-    tables = []
-    for rank, _, part in parts:
-        try:
-            pf = pq.ParquetFile(part)
-            meta = _part_meta(pf.schema_arrow)
-            _check_version(meta.get("schema_version", "1.0"), part)
-        except TraceError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any unreadable part is skipped and named
-            trace.skipped.append(f"{part.relative_to(root)} ({_short(exc)})")
-            continue
-        try:
-            present = [c for c in wanted if c in pf.schema_arrow.names]
-            table = _conform(pf.read(columns=present), wanted, rank)
-        except Exception as exc:  # noqa: BLE001
-            trace.skipped.append(f"{part.relative_to(root)} ({_short(exc)})")
-            continue
-        tables.append(table)
-        if rank not in trace.status or "meta" not in trace.status[rank]:
-            trace.meta[rank] = meta  # later parts carry the fuller object registry
-    if tables:
-        trace.table = pa.concat_tables(tables)
-    else:
-        trace.table = pa.schema([SCHEMA.field(c) for c in wanted]).empty_table()
-    if "rank" in wanted and "seq" in wanted and trace.table.num_rows:
-        trace.table = trace.table.sort_by([("rank", "ascending"), ("seq", "ascending")])
-    return trace
-
-
-def _short(exc: Exception) -> str:
-    """One printable line: a message may quote bytes of the trace (escape sequences included)."""
-    text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:200])
-
-
-def load(path: str | os.PathLike, columns: list[str] | None = None):
-    """All events of a trace, every rank, as a pandas DataFrame ordered by rank and seq."""
-    trace = read_trace(path, columns)
-    for note in trace.skipped:
-        print(f"lrdebug: skipped unreadable part {note}", file=sys.stderr)
-    try:
-        return trace.to_pandas()
-    except (pa.ArrowException, ValueError) as exc:  # parts are validated; this is the last line of defence
-        raise TraceError(f"{trace.path}: unreadable trace ({_short(exc)})") from None

@@ -45,7 +45,7 @@ _SITECUSTOMIZE = '''\
 """Written by `lrdebug run` for the Python processes it starts, so that they are recorded too.
 
 Nothing happens unless LRDEBUG_CHILD is set and this Python can import lrdebug: then recording
-starts once the process imports torch (see lrdebug/child.py). The sitecustomize that this file hides
+starts once the process imports torch (see lrdebug/record/child.py). The sitecustomize that this file hides
 on sys.path is run afterwards, as it would have been.
 """
 
@@ -65,7 +65,7 @@ def _lrdebug_watch_torch():
 
     def start():
         try:
-            from lrdebug.child import start_from_env
+            from lrdebug.record.child import start_from_env
 
             start_from_env()
         except Exception:
@@ -154,7 +154,7 @@ def _distributed(rec: Any) -> bool:
     """True when this process is one rank of a distributed run, as far as it can tell on its own."""
     if getattr(rec, "_dist", None) is not None:
         return True
-    from .recorder import _dist_rank_world
+    from .environment import _dist_rank_world
 
     if _dist_rank_world() is not None:
         return True
@@ -162,7 +162,7 @@ def _distributed(rec: Any) -> bool:
 
 
 def _lazy_writer_class():
-    from .storage import PartWriter
+    from ..tracefile.writer import PartWriter
 
     class LazyWriter(PartWriter):
         """Writes nothing until there is a row; then picks the shared trace or the child's own."""
@@ -247,9 +247,9 @@ def _before_fork() -> None:
     _fork_unsafe = False
     if _config is None:
         return
-    from . import recorder
+    from . import sink
 
-    for rec in recorder._SINK.active:
+    for rec in sink._SINK.active:
         lock = getattr(getattr(rec, "writer", None), "_lock", None)
         if lock is not None:
             if lock.acquire(timeout=_FORK_WAIT_S):
@@ -265,7 +265,7 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     """A forked child (Hogwild workers, forkserver children, DataLoader workers) records afresh:
-    the recorder it inherited is switched off by the recorder module's own fork handler."""
+    the recorder it inherited is switched off by the sink module's own fork handler."""
     global _current
     _after_fork_in_parent()  # the inherited writers are dead here: free their locks all the same
     if _config is None or _fork_unsafe:
@@ -274,9 +274,9 @@ def _after_fork_in_child() -> None:
     try:
         import threading
 
-        from . import recorder
+        from . import sink
 
-        recorder._SINK.lock = threading.Lock()  # another thread may have held it at the fork
+        sink._SINK.lock = threading.Lock()  # another thread may have held it at the fork
         _start(_config)
     except Exception:  # noqa: BLE001 - a child that cannot record runs as it would have
         _current = None
@@ -301,7 +301,7 @@ def _install_fork_hooks() -> None:
     global _fork_hooks
     if _fork_hooks:
         return
-    from . import recorder  # noqa: F401 - its fork handler must run before ours
+    from . import sink  # noqa: F401 - its fork handler must run before ours
 
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
@@ -378,7 +378,7 @@ class Launch:
         found = self.children()
         if not found:
             return
-        from .storage import read_status
+        from ..tracefile.schema import read_status
 
         counts: dict[str, int] = {}
         for name in found:

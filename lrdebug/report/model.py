@@ -1,4 +1,4 @@
-"""Trace -> summary -> text, JSON, Markdown or an image; the ``report``, ``diff`` and ``plot`` commands.
+"""The report model: a trace summarised once, as plain data that every renderer reads.
 
 The figures come from one streaming pass over the parts (``scan.py``), so memory stays flat whatever
 the length of the run.
@@ -16,17 +16,15 @@ from __future__ import annotations
 import collections
 import json
 import math
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 
-from . import storage
-from .events import OPTIMIZER_STEP, SEVERITY_RANK, Finding
+from ..rules import SEVERITY_RANK, Finding
+from ..tracefile import Trace, TraceError, read_trace
+from ..tracefile.reader import find_parts, short_error
 from .scan import SAMPLED, GroupStats, Scan, scan_trace
 
 REPORT_VERSION = "1.0"
@@ -37,7 +35,7 @@ RATIO_HINT = 1e-3
 
 
 # ------------------------------------------------------------------------------------- findings
-def _stored_findings(trace: storage.Trace) -> list[dict[str, Any]]:
+def _stored_findings(trace: Trace) -> list[dict[str, Any]]:
     """Findings the recorder stored at the end of each rank's run, merged across ranks."""
     merged: dict[tuple, dict[str, Any]] = {}
     for rank in sorted(trace.status):
@@ -53,7 +51,7 @@ def _stored_findings(trace: storage.Trace) -> list[dict[str, Any]]:
     return list(merged.values())
 
 
-def _findings(trace: storage.Trace, rows: int) -> tuple[list[dict[str, Any]], str]:
+def _findings(trace: Trace, rows: int) -> tuple[list[dict[str, Any]], str]:
     """Recheck the events with the current rules when the trace is small enough; else the stored findings.
 
     The rule engine rebuilds events in Python (~15 µs a row), so a closed trace above
@@ -62,7 +60,7 @@ def _findings(trace: storage.Trace, rows: int) -> tuple[list[dict[str, Any]], st
     """
     closed = bool(trace.status) and all(s.get("state") == "closed" for s in trace.status.values())
     try:
-        from .checks import check_trace
+        from ..rules import check_trace
     except ImportError:
         return _stored_findings(trace), "recorded"
     if rows > RECHECK_MAX_ROWS * (1 if closed else 10):
@@ -70,7 +68,7 @@ def _findings(trace: storage.Trace, rows: int) -> tuple[list[dict[str, Any]], st
     try:
         return [f.to_dict() for f in check_trace(trace)], "rechecked"
     except Exception as exc:  # noqa: BLE001 - an unreadable event stream still has its recorded findings
-        return _stored_findings(trace), f"recorded (recheck failed: {type(exc).__name__}: {storage._short(exc)})"
+        return _stored_findings(trace), f"recorded (recheck failed: {type(exc).__name__}: {short_error(exc)})"
 
 
 def _sort_findings(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -123,11 +121,11 @@ class Report:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else newest_trace()
-        trace = storage.read_trace(self.path, columns=[])
-        parts = storage.find_parts(self.path)
+        trace = read_trace(self.path, columns=[])
+        parts = find_parts(self.path)
         scan, t_max, read = scan_trace(trace)
         if parts and not read and not trace.status:
-            raise storage.TraceError(f"{self.path}: no readable part ({'; '.join(trace.skipped[:3])})")
+            raise TraceError(f"{self.path}: no readable part ({'; '.join(trace.skipped[:3])})")
         self.trace = trace
         self.scan = scan
         findings, source = _findings(trace, scan.rows)
@@ -140,12 +138,12 @@ class Report:
         return json.loads(json.dumps(self._data))
 
     def to_markdown(self) -> str:
-        from .render import markdown
+        from .renderers.markdown import markdown
 
         return markdown(self)
 
     def __rich_console__(self, console, options):
-        from .render import renderables
+        from .renderers.text import renderables
 
         yield from renderables(self, options.max_width)
 
@@ -303,7 +301,6 @@ class Report:
                 "last_lr": [s.last_lr if s else None for s in stats]}
 
 
-# ------------------------------------------------------------------------------------- commands
 def newest_trace(root: Path = DEFAULT_DIR) -> Path:
     """The most recently modified trace directory under ``./lrdebug-traces/``."""
     try:
@@ -311,122 +308,7 @@ def newest_trace(root: Path = DEFAULT_DIR) -> Path:
     except OSError:
         candidates = []
     if not candidates:
-        raise storage.TraceError(f"no trace given and none found under ./{root}/ (record one: lrdebug run train.py)")
+        raise TraceError(f"no trace given and none found under ./{root}/ (record one: lrdebug run train.py)")
     return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
 
-def _console(width: int | None = None, file=None):
-    from rich.console import Console
-
-    file = file or sys.stdout
-    if width is None and not os.environ.get("COLUMNS") and not getattr(file, "isatty", lambda: False)():
-        width = 120  # a log or a pipe: rich would assume 80 columns and cut the LR table
-    return Console(file=file, width=width, highlight=False)
-
-
-def report_command(args) -> int:
-    report = Report(args.trace)
-    for note in report.trace.skipped:
-        print(f"lrdebug report: skipped unreadable part {note}", file=sys.stderr)
-    try:
-        if args.format == "json":
-            print(json.dumps(report.to_dict(), indent=2))
-        elif args.format == "markdown":
-            sys.stdout.write(report.to_markdown())
-        else:
-            _console(args.width).print(report)
-        sys.stdout.flush()
-    except BrokenPipeError:  # `lrdebug report | head`: the reader left, the status still counts
-        sys.stdout = open(os.devnull, "w")
-    return 1 if report.fails(args.fail_on) else 0
-
-
-def _lr_series(path: str) -> tuple[dict[tuple[int, int], tuple[np.ndarray, np.ndarray]], storage.Trace]:
-    """Per (optimizer, group) of the lowest rank: the steps and the LR each optimizer step used."""
-    trace = storage.read_trace(path, columns=["rank", "event", "optimizer", "group", "step", "lr"])
-    t = trace.table
-    if t.num_rows:
-        t = t.filter(pc.equal(t["event"], OPTIMIZER_STEP))
-    if t.num_rows:
-        t = t.filter(pc.equal(t["rank"], pc.min(t["rank"])))
-    out = {}
-    if t.num_rows:
-        o, g, steps = (pc.fill_null(t[c], -1).to_numpy() for c in ("optimizer", "group", "step"))
-        lrs = t["lr"].to_numpy().astype(np.float64)
-        for k in sorted(set(zip(o.tolist(), g.tolist()))):
-            m = (o == k[0]) & (g == k[1])
-            out[k] = (steps[m], lrs[m])
-    return out, trace
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Equal within DIFF_RTOL (relative), NaN equal to NaN."""
-    close = np.abs(a - b) <= DIFF_RTOL * np.maximum(np.abs(a), np.abs(b))
-    return close | (a == b) | (np.isnan(a) & np.isnan(b))
-
-
-def diff_traces(path_a: str, path_b: str, context: int = 2) -> dict[str, Any]:
-    """Per optimizer and group: equal, or the first step where the LRs differ, with steps around it."""
-    a, trace_a = _lr_series(path_a)
-    b, trace_b = _lr_series(path_b)
-    meta = next(iter(trace_a.meta.values()), None) or next(iter(trace_b.meta.values()), None) or {}
-    opts = [o for o in meta.get("optimizers") or [] if isinstance(o, dict)]
-    groups = []
-    for k in sorted(set(a) | set(b)):
-        entry: dict[str, Any] = {"optimizer": k[0], "group": k[1], "label": group_label(opts, *k)}
-        sa, la = a.get(k, (np.empty(0, np.int64), np.empty(0)))
-        sb, lb = b.get(k, (np.empty(0, np.int64), np.empty(0)))
-        common, ia, ib = np.intersect1d(sa, sb, return_indices=True)
-        same = _same(la[ia], lb[ib])
-        entry.update(steps_a=len(sa), steps_b=len(sb), compared=len(common), first_diff_step=None)
-        if not same.all():
-            i = int(np.argmin(same))
-            entry.update(first_diff_step=int(common[i]), lr_a=float(la[ia[i]]), lr_b=float(lb[ib[i]]))
-            lo, hi = max(0, i - context), min(len(common), i + context + 1)
-            entry["context"] = [{"step": int(common[j]), "lr_a": float(la[ia[j]]), "lr_b": float(lb[ib[j]]),
-                                 "differs": not bool(same[j])} for j in range(lo, hi)]
-        entry["identical"] = entry["first_diff_step"] is None and len(sa) == len(sb) == len(common)
-        groups.append(entry)
-    return _jsonable({
-        "a": str(path_a), "b": str(path_b), "rtol": DIFF_RTOL, "identical": all(g["identical"] for g in groups),
-        "groups": groups, "skipped_parts": {"a": trace_a.skipped, "b": trace_b.skipped},
-    })
-
-
-def diff_command(args) -> int:
-    result = diff_traces(args.trace_a, args.trace_b)
-    for side in ("a", "b"):
-        for note in result["skipped_parts"][side]:
-            print(f"lrdebug diff: skipped unreadable part of {side.upper()}: {note}", file=sys.stderr)
-    if args.format == "json":
-        print(json.dumps(result, indent=2))
-    else:
-        from .render import diff_renderables
-
-        console = _console()
-        for r in diff_renderables(result):
-            console.print(r)
-    return 0 if result["identical"] else 1
-
-
-def plot_command(args) -> int:
-    from .cli import CommandError
-
-    out = Path(args.output)
-    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise CommandError(f"{out}: the output must end in .png, .svg or .pdf")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise CommandError("plotting needs matplotlib: pip install 'lrdebug[plot]'") from None
-    from .plot import plot_report
-
-    report = Report(args.trace)
-    for note in report.trace.skipped:
-        print(f"lrdebug plot: skipped unreadable part {note}", file=sys.stderr)
-    try:
-        plot_report(report, out)
-    except OSError as exc:
-        raise CommandError(f"{out}: cannot write: {exc.strerror or exc}") from None
-    print(f"lrdebug plot: wrote {out}", file=sys.stderr)
-    return 0

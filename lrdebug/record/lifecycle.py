@@ -30,7 +30,7 @@ import sys
 import threading
 from typing import Any, Callable
 
-from .storage import TraceError
+from ..tracefile.schema import TraceError
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SAVE_TIMEOUT_S = 30.0  # a signal never waits longer than this for the trace to be written

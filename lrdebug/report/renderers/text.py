@@ -1,14 +1,11 @@
-"""Render a ``Report`` (or a diff result) as rich renderables or Markdown.
+"""Render a ``Report`` (or a diff result) as rich renderables: the terminal report and its LR chart.
 
-Every string that comes from a trace (paths, names, messages) is data: it goes through ``clean``
-(control and escape characters shown as ``\\x1b``, so a name cannot drive the terminal) and into rich
-``Text`` objects, which are never parsed as markup; Markdown cells are backslash-escaped.
+Strings from the trace go through ``base.clean`` into rich ``Text`` objects, never parsed as markup.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Iterable
 
 from rich.console import Group
@@ -16,74 +13,13 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+from .base import clean, fmt_lr, fmt_ns, fmt_pct, scheduler_text, source_text, status_line, where
+
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
-
-
-def clean(value: Any) -> str:
-    """The text of a trace value with control characters made visible (``\\x1b``)."""
-    text = "" if value is None else str(value)
-    return _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256 else "\\u%04x" % ord(m.group()),
-                        text)
 
 
 def T(value: Any, style: str | None = None) -> Text:  # noqa: N802 - reads as a constructor
     return Text(clean(value), style=style or "")
-
-
-def fmt_lr(v: Any) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, str):
-        return v
-    return f"{v:.6g}" if math.isfinite(v) else str(v)
-
-
-def fmt_ns(v: Any) -> str:
-    if v is None:
-        return "—"
-    v = float(v)
-    if v < 1e3:
-        return f"{v:.0f} ns"
-    if v < 1e6:
-        return f"{v / 1e3:.1f} µs"
-    if v < 1e9:
-        return f"{v / 1e6:.2f} ms"
-    return f"{v / 1e9:.2f} s"
-
-
-def fmt_pct(v: Any) -> str:
-    return "—" if v is None else f"{100 * v:.1f}%"
-
-
-def _where(f: dict[str, Any]) -> str:
-    if not f.get("file"):
-        return ""
-    where = f"{f['file']}:{f['line']}" if f.get("line") else str(f["file"])
-    return f"{where} via {f['framework']}" if f.get("framework") else where
-
-
-def _status_line(trace: dict[str, Any]) -> str:
-    if trace["complete"]:
-        return "complete"
-    bad = [f"rank {s['rank']}: {s['reason'] or s['state']}" for s in trace["status"] if not s["complete"]]
-    if trace["skipped_parts"]:
-        bad.append(f"{len(trace['skipped_parts'])} unreadable part(s) skipped")
-    if not trace["status"]:
-        bad.append("no status file")
-    return "INCOMPLETE — " + "; ".join(bad)
-
-
-def _source_text(source: str) -> str:
-    if source == "rechecked":
-        return "(events rechecked with the current rules)"
-    return "(as found during the run" + source[len("recorded"):].replace(" (", ": ").rstrip(")") + ")"
-
-
-def _scheduler_text(d: dict[str, Any], opt: int) -> str:
-    scheds = [s for s in d["schedulers"] if s["optimizer"] == opt]
-    return ", ".join(f"{s['class'] or 'scheduler'} #{s['index']} ({s['steps']} steps)" for s in scheds) or "none"
 
 
 # ------------------------------------------------------------------------------------- text
@@ -132,7 +68,7 @@ def _header(d: dict[str, Any]) -> Panel:
     grid.add_row("Ranks", T(ranks))
     grid.add_row("Versions", T(f"torch {t['torch_version'] or '?'} · lrdebug {t['lrdebug_version'] or '?'} · "
                                f"Python {t['python_version'] or '?'}"))
-    status = _status_line(t)
+    status = status_line(t)
     grid.add_row("Status", T(status, "green" if t["complete"] else "bold red"))
     grid.add_row("Rows", T(f"{t['rows']:,} in {t['parts']} part(s)"))
     return Panel(grid, title="lrdebug report", title_align="left", expand=False)
@@ -147,7 +83,7 @@ def _lr_table(d: dict[str, Any]) -> Table:
         for i, g in enumerate(o["groups"]):
             table.add_row(T(g["label"]), str(g["steps"]), str(g["skipped"]), fmt_lr(g["first_lr"]),
                           fmt_lr(g["min_lr"]), fmt_lr(g["max_lr"]), fmt_lr(g["last_lr"]),
-                          T(_scheduler_text(d, o["index"])) if i == 0 else "")
+                          T(scheduler_text(d, o["index"])) if i == 0 else "")
     return table
 
 
@@ -218,14 +154,14 @@ def _updates_table(d: dict[str, Any]) -> Table | None:
 
 def _findings(d: dict[str, Any]):
     findings = d["findings"]
-    head = Text.assemble((f"Findings ({len(findings)})", "bold"), f"  {_source_text(d['findings_source'])}")
+    head = Text.assemble((f"Findings ({len(findings)})", "bold"), f"  {source_text(d['findings_source'])}")
     if not findings:
         return Group(head, Text("No findings.", style="green"))
     parts: list[Any] = [head]
     for f in findings:
         sev = str(f.get("severity") or "?")
         line = Text.assemble((f"{sev.upper():8}", _SEVERITY_STYLE.get(sev, "")), (clean(f.get("code")), "bold"))
-        details = [x for x in (_where(f), f"step {f['step']}" if f.get("step") is not None else "",
+        details = [x for x in (where(f), f"step {f['step']}" if f.get("step") is not None else "",
                                f"×{f.get('count') or 1}") if x]
         line.append("  " + clean(" · ".join(details)))
         parts.append(line)
@@ -283,60 +219,6 @@ def _ranks_table(d: dict[str, Any]) -> Table:
 
 
 # ------------------------------------------------------------------------------------- markdown
-def md(value: Any) -> str:
-    """Markdown-safe text for a table cell or a line."""
-    return _MD_SPECIAL.sub(r"\\\1", clean(value).replace("\n", " "))
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return out + [""]
-
-
-def markdown(report) -> str:
-    d = report.to_dict()
-    t = d["trace"]
-    lines = [f"### lrdebug report: {md(t['script'] or t['path'])}", ""]
-    lines.append(f"- **Command:** {md(' '.join(t['argv']) or '—')}")
-    started = md(t["start"] or "—") + (f" (duration {t['duration_s']:.1f} s)" if t["duration_s"] is not None else "")
-    lines.append(f"- **Started:** {started}")
-    lines.append(f"- **Ranks:** {', '.join(str(r) for r in d['ranks']) or '—'}")
-    lines.append(f"- **Versions:** torch {md(t['torch_version'] or '?')}, lrdebug {md(t['lrdebug_version'] or '?')}")
-    lines.append(f"- **Trace:** {md(_status_line(t))}")
-    lines.append("")
-    if not any(g["steps"] for o in d["optimizers"] for g in o["groups"]):
-        lines += ["**No optimizer steps were recorded in this trace.**", ""]
-    if d["optimizers"]:
-        rows = [[md(g["label"]), str(g["steps"]), str(g["skipped"]), fmt_lr(g["first_lr"]), fmt_lr(g["min_lr"]),
-                 fmt_lr(g["max_lr"]), fmt_lr(g["last_lr"]), md(_scheduler_text(d, o["index"]))]
-                for o in d["optimizers"] for g in o["groups"]]
-        lines += _md_table(["Group", "Steps", "Skipped", "First LR", "Min", "Max", "Last LR", "Scheduler(s)"], rows)
-    findings = d["findings"]
-    lines += [f"#### Findings ({len(findings)})", ""]
-    if findings:
-        rows = [[md(f.get("severity")), f"`{clean(f.get('code')).replace('`', '')}`", md(_where(f) or "—"),
-                 str(f.get("step") if f.get("step") is not None else "—"), str(f.get("count") or 1),
-                 md(f.get("message"))] for f in findings]
-        lines += _md_table(["Severity", "Code", "Where", "Step", "Count", "Message"], rows)
-    else:
-        lines += ["No findings.", ""]
-    for tm in d["timing"]["optimizers"]:
-        label = next((o["label"] for o in d["optimizers"] if o["index"] == tm["optimizer"]), str(tm["optimizer"]))
-        rows = [[name, fmt_ns(v["p50"]), fmt_ns(v["p95"]), fmt_ns(v["max"])]
-                for name, v in (("optimizer step", tm["dur_ns"]), ("iteration", tm["iter_ns"]),
-                                ("data wait", tm["data_wait_ns"])) if v]
-        if rows:
-            lines += [f"#### Step time: {md(label)}", ""]
-            lines += _md_table(["", "p50", "p95", "max"], rows)
-            lines += [f"Optimizer step {fmt_pct(tm['step_share'])} of an iteration, "
-                      f"waiting for data {fmt_pct(tm['data_wait_share'])}.", ""]
-    for note in d["notes"]:
-        lines += [f"> note: {md(note)}", ""]
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------- diff
 def diff_renderables(result: dict[str, Any]) -> Iterable[Any]:
     yield Text.assemble("A: ", T(result["a"]), "\nB: ", T(result["b"]),
                         f"\nLRs compared per optimizer step (equal within {result['rtol']:g} relative)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .render import clean
+from .base import clean
 
 
 def plot_report(report, out: Path) -> None:

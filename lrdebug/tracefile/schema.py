@@ -1,12 +1,25 @@
-"""Event and finding types, the Arrow schema of a trace, and the format version.
+"""The trace format: the Arrow schema of the parts, the event names, the directory layout.
 
-This module is shared by the recorder (inside training) and the readers (report, checks), so it
-imports neither torch nor rich.
+A trace is a directory partitioned by rank::
+
+    <trace>/rank=<r>/part-000000.parquet     complete Parquet files, written atomically (tmp + rename)
+    <trace>/rank=<r>/_lrdebug_status.json    run metadata, state (running/closed), completeness, findings
+    <trace>/_lrdebug_run.json                 the run id that owns the directory (ranks of one run share it)
+
+The rank is the Hive partition key: the files do not repeat it as a column (pandas and Spark refuse a
+column that is also a partition key); readers take it from ``rank=<r>``. Every part also carries the
+run metadata as JSON in its schema metadata, so the parts alone describe the run when a process was
+killed before writing its status.
+
+Shared by the recorder (inside training), the rules and the report: imports neither torch nor rich.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
+import os
+import re
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pyarrow as pa
@@ -119,54 +132,55 @@ class Event(NamedTuple):
     t_ns: int = 0
 
 
-SEVERITIES = ("error", "warning", "info")
-SEVERITY_RANK = {"error": 3, "warning": 2, "info": 1, "never": 99}
-
-# The finding codes of the design contract and their severities.
-CODES = {
-    "scheduler-before-optimizer": "warning",
-    "scheduler-multiple-steps": "warning",
-    "scheduler-never-stepped": "warning",
-    "epoch-scheduler-stepped-per-batch": "warning",
-    "scheduler-past-horizon": "warning",
-    "lr-conflict": "warning",
-    "scheduler-orphaned": "error",
-    "step-without-gradients": "warning",
-    "grads-not-cleared": "warning",
-    "scheduler-state-not-restored": "warning",
-    "param-group-added-after-scheduler": "warning",
-    "lr-nonfinite-or-negative": "error",
-    "multiple-schedulers": "warning",
-    "get-lr-called": "warning",
-    "lr-changed-outside-scheduler": "info",
-    "step-skipped": "info",
-    "rank-divergence": "error",
-}
+# ------------------------------------------------------------------------------ directory layout
+# ASCII digits, and ranks that fit an int32: a trace is untrusted input.
+# part-000007.parquet, or part-000000-000063.parquet: parts 0..63 merged into one file
+PART_RE = re.compile(r"^part-([0-9]{1,18})(?:-([0-9]{1,18}))?\.parquet$")
+RANK_RE = re.compile(r"^rank=([0-9]{1,9})$")
+STATUS_MAX_BYTES = 64 << 20
+RUN_FILE = "_lrdebug_run.json"
+RUN_TMP_RE = re.compile(r"^\._lrdebug_run\.json\.[0-9a-f]+\.tmp$")
 
 
-@dataclasses.dataclass
-class Finding:
-    """A misuse found in the event stream, with the first place and step it happened."""
-
-    code: str
-    severity: str
-    message: str
-    optimizer: int | None = None
-    scheduler: int | None = None
-    group: int | None = None
-    step: int | None = None
-    file: str | None = None
-    line: int | None = None
-    count: int = 1
-    framework: str | None = None  # the framework frame that made the call at file:line (Lightning, HF, ...)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Finding:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+class TraceError(Exception):
+    """Unusable trace input; the CLI prints it as one line and exits 2."""
 
 
-from .errors import LRDebugError, LRDebugWarning  # noqa: E402,F401 - defined where pyarrow is not needed
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, default=str))
+    os.replace(tmp, path)
+
+
+def read_status(rank_dir: Path) -> dict[str, Any] | None:
+    """The status JSON of one rank, or None when missing or unreadable (not a regular file, too big,
+    not JSON, nested too deep)."""
+    path = rank_dir / STATUS_FILE
+    try:
+        if not path.is_file():  # a FIFO would block, /dev/zero would never end
+            return None
+        with open(path, "rb") as f:
+            raw = f.read(STATUS_MAX_BYTES + 1)
+        if len(raw) > STATUS_MAX_BYTES:
+            return None
+        data = json.loads(raw)
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+
+
+def check_version(version: Any, where: Path) -> None:
+    """Refuse a newer major version (TraceError); an unreadable one is damage (ValueError)."""
+    text = str(version)[:20]
+    try:
+        major = int(text.split(".")[0])
+    except ValueError:
+        raise ValueError(f"unreadable schema version {text!r}") from None
+    if major > SCHEMA_MAJOR:
+        raise TraceError(
+            f"{where}: trace schema version {text} is newer than this lrdebug reads "
+            f"({SCHEMA_VERSION}); upgrade lrdebug"
+        )
+

@@ -1,0 +1,120 @@
+"""What the recorder reads off the user's optimizers and schedulers: their registry entries (class,
+arguments, groups), restored step counts, gradient states, and the optimizer inside a wrapper."""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any
+
+import torch
+
+from ..tracefile.schema import GRAD_FRESH, GRAD_NONE, GRAD_SAME
+
+
+def _jsonable(v: Any, depth: int = 0) -> Any:
+    if isinstance(v, (bool, int, str)) or v is None:
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, torch.Tensor):
+        return _jsonable(float(v), depth) if v.numel() == 1 and v.device.type == "cpu" else f"tensor{tuple(v.shape)}"
+    if isinstance(v, (list, tuple)) and depth < 2:
+        return [_jsonable(x, depth + 1) for x in v][:64]
+    if callable(v):
+        return getattr(v, "__qualname__", type(v).__name__)
+    return type(v).__name__
+
+
+_SCHED_ATTRS = (
+    "last_epoch", "base_lrs", "T_max", "eta_min", "step_size", "gamma", "milestones", "total_steps",
+    "total_iters", "power", "T_0", "T_i", "T_mult", "factor", "start_factor", "end_factor", "patience",
+    "mode", "cooldown", "max_lrs", "total_size", "step_ratio", "epochs", "steps_per_epoch",
+)
+
+
+def _total_steps(opt) -> float | None:
+    """The step count kept in an optimizer's state (a resumed optimizer has one), read without a sync."""
+    for state in opt.state.values():
+        step = state.get("step") if isinstance(state, dict) else None
+        if step is None:
+            continue
+        if isinstance(step, torch.Tensor):
+            return float(step) if step.device.type == "cpu" else None
+        return float(step)
+    return None
+
+
+
+def _grad_states(groups, st) -> tuple:
+    """Per group: no gradient, fresh gradient tensors, or the very tensor of the previous step."""
+    out = []
+    first = True
+    for g in groups:
+        state = GRAD_NONE
+        for p in g["params"]:
+            grad = p.grad
+            if grad is not None:
+                state = GRAD_FRESH
+                if first:
+                    first = False
+                    prev = st.grad_ref() if st.grad_ref is not None else None
+                    if prev is grad:
+                        state = GRAD_SAME
+                    st.grad_ref = weakref.ref(grad)
+                break
+        out.append(state)
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------ object info
+def _optimizer_info(opt, index: int) -> dict[str, Any]:
+    groups = []
+    for i, g in enumerate(opt.param_groups):
+        params = g.get("params", [])
+        groups.append({
+            "index": i,
+            "name": str(g["name"]) if g.get("name") is not None else None,
+            "params": len(params),
+            "numel": int(sum(p.numel() for p in params)),
+            "lr": _jsonable(g.get("lr")),
+        })
+    defaults = {k: _jsonable(v) for k, v in (getattr(opt, "defaults", {}) or {}).items()}
+    return {"index": index, "class": type(opt).__name__, "module": type(opt).__module__, "defaults": defaults,
+            "groups": groups}
+
+
+def _scheduler_info(sched, index: int, opt_index: int | None) -> dict[str, Any]:
+    params = {}
+    for name in _SCHED_ATTRS:
+        if hasattr(sched, name):
+            try:
+                params[name] = _jsonable(getattr(sched, name))
+            except Exception:  # noqa: BLE001
+                pass
+    if hasattr(sched, "_milestones"):
+        params["milestones"] = _jsonable(sched._milestones)
+    elif isinstance(getattr(sched, "milestones", None), dict):  # MultiStepLR keeps a Counter
+        params["milestones"] = sorted(int(m) for m in sched.milestones.elements())[:64]
+    return {"index": index, "class": type(sched).__name__, "module": type(sched).__module__,
+            "optimizer": opt_index, "params": params}
+
+
+def _unwrap_optimizer(opt):
+    """The torch optimizer inside a wrapper that subclasses Optimizer (accelerate's
+    AcceleratedOptimizer, which HF Trainer's scheduler holds): the wrapper's step runs the inner
+    optimizer's, which is the one the step hooks see."""
+    inner = getattr(opt, "optimizer", None)
+    while isinstance(inner, torch.optim.Optimizer) and inner is not opt:
+        opt, inner = inner, getattr(inner, "optimizer", None)
+    return opt
+
+
+def effective_lr(optimizer) -> list[float]:
+    """Per param group, the LR the next ``optimizer.step()`` will use (a copy, as floats)."""
+    out = []
+    for g in optimizer.param_groups:
+        v = g["lr"]
+        out.append(float(v.detach().cpu()) if isinstance(v, torch.Tensor) else float(v))
+    return out
+

@@ -1,0 +1,74 @@
+"""What every renderer shares: trace strings made safe to show, and the report's values as text.
+
+Every string that comes from a trace (paths, names, messages) is data: it goes through ``clean``
+(control and escape characters shown as ``\\x1b``, so a name cannot drive the terminal).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(value: Any) -> str:
+    """The text of a trace value with control characters made visible (``\\x1b``)."""
+    text = "" if value is None else str(value)
+    return _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256 else "\\u%04x" % ord(m.group()),
+                        text)
+
+
+def fmt_lr(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, str):
+        return v
+    return f"{v:.6g}" if math.isfinite(v) else str(v)
+
+
+def fmt_ns(v: Any) -> str:
+    if v is None:
+        return "—"
+    v = float(v)
+    if v < 1e3:
+        return f"{v:.0f} ns"
+    if v < 1e6:
+        return f"{v / 1e3:.1f} µs"
+    if v < 1e9:
+        return f"{v / 1e6:.2f} ms"
+    return f"{v / 1e9:.2f} s"
+
+
+def fmt_pct(v: Any) -> str:
+    return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def where(f: dict[str, Any]) -> str:
+    if not f.get("file"):
+        return ""
+    where = f"{f['file']}:{f['line']}" if f.get("line") else str(f["file"])
+    return f"{where} via {f['framework']}" if f.get("framework") else where
+
+
+def status_line(trace: dict[str, Any]) -> str:
+    if trace["complete"]:
+        return "complete"
+    bad = [f"rank {s['rank']}: {s['reason'] or s['state']}" for s in trace["status"] if not s["complete"]]
+    if trace["skipped_parts"]:
+        bad.append(f"{len(trace['skipped_parts'])} unreadable part(s) skipped")
+    if not trace["status"]:
+        bad.append("no status file")
+    return "INCOMPLETE — " + "; ".join(bad)
+
+
+def source_text(source: str) -> str:
+    if source == "rechecked":
+        return "(events rechecked with the current rules)"
+    return "(as found during the run" + source[len("recorded"):].replace(" (", ": ").rstrip(")") + ")"
+
+
+def scheduler_text(d: dict[str, Any], opt: int) -> str:
+    scheds = [s for s in d["schedulers"] if s["optimizer"] == opt]
+    return ", ".join(f"{s['class'] or 'scheduler'} #{s['index']} ({s['steps']} steps)" for s in scheds) or "none"

@@ -1,0 +1,211 @@
+"""Reading a trace: every readable part of every rank, conformed to the current schema.
+
+A trace is untrusted input: nothing is unpickled or evaluated, a damaged part is skipped with a note,
+a newer major schema version is refused with a clear message (TraceError).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .schema import (
+    COLUMNS,
+    METADATA_KEY,
+    PART_RE,
+    RANK_RE,
+    SCHEMA,
+    STATUS_FILE,
+    TraceError,
+    check_version,
+    read_status,
+)
+
+
+@dataclass
+class Trace:
+    """A trace read from disk: the rows, and per-rank metadata and state."""
+
+    path: Path
+    table: pa.Table
+    meta: dict[int, dict[str, Any]] = field(default_factory=dict)
+    status: dict[int, dict[str, Any]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def ranks(self) -> list[int]:
+        return sorted(set(self.meta) | set(self.status))
+
+    def to_pandas(self):
+        """Integer columns stay integers (nullable), strings become categoricals."""
+        import pandas as pd
+
+        nullable = {pa.int8(): pd.Int8Dtype(), pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
+        return self.table.to_pandas(types_mapper=nullable.get)
+
+
+
+def _part_meta(schema: pa.Schema) -> dict[str, Any]:
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise ValueError("no lrdebug metadata")
+    meta = json.loads(raw)
+    if not isinstance(meta, dict):
+        raise ValueError("lrdebug metadata is not an object")
+    return clean_meta(meta)
+
+
+def clean_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The object registry in the shape readers index into: ``optimizers`` and ``schedulers`` lists
+    of objects, each optimizer's ``groups`` a list of objects (damaged entries become ``{}``)."""
+    meta = dict(meta)
+    for key in ("optimizers", "schedulers"):
+        items = meta.get(key)
+        items = [dict(x) if isinstance(x, dict) else {} for x in items] if isinstance(items, list) else []
+        for item in items:
+            groups = item.get("groups")
+            if groups is not None:
+                item["groups"] = [g if isinstance(g, dict) else {} for g in groups] if isinstance(groups, list) else []
+        meta[key] = items
+    return meta
+
+
+_INDEX_COLUMNS = ("rank", "optimizer", "scheduler", "group", "parent", "loader")
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """The columns of a part that the schema knows, cast to the schema's types and fully validated
+    (UTF-8, offsets, dictionary indices), so that readers can trust every buffer. Raises on a column
+    that cannot be cast or on damaged data."""
+    names = [n for n in table.column_names if n in SCHEMA.names]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate columns")
+    arrays = []
+    for name in names:
+        col, typ = table.column(name), SCHEMA.field(name).type
+        arrays.append(col if col.type == typ else col.cast(typ))
+    out = pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(n) for n in names]))
+    out.validate(full=True)
+    for name in _INDEX_COLUMNS:  # readers index lists with these
+        if name in names and out.num_rows and (pc.min(out.column(name)).as_py() or 0) < 0:
+            raise ValueError(f"negative {name} index")
+    return out
+
+
+def _conform(table: pa.Table, columns: list[str], rank: int) -> pa.Table:
+    """Cast a part to the current schema's columns: missing ones become null, others are dropped;
+    ``rank`` comes from the partition directory."""
+    table = conform(table)
+    arrays = []
+    for name in columns:
+        f = SCHEMA.field(name)
+        if name in table.column_names:
+            arrays.append(table.column(name))
+        elif name == "rank":
+            arrays.append(pa.repeat(pa.scalar(rank, f.type), table.num_rows))
+        else:
+            arrays.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(c) for c in columns]))
+
+
+def find_parts(root: Path) -> list[tuple[int, int, Path]]:
+    parts = []
+    for rank_dir in root.iterdir():
+        m = RANK_RE.match(rank_dir.name)
+        if not m or not rank_dir.is_dir():
+            continue
+        found = []
+        for f in rank_dir.iterdir():
+            pm = PART_RE.match(f.name)
+            if pm and f.is_file():  # a FIFO or a device named like a part would block or never end
+                first = int(pm.group(1))
+                found.append((first, int(pm.group(2)) if pm.group(2) else None, f))
+        merged = [(a, b) for a, b, _ in found if b is not None]
+        for first, last, f in found:
+            if last is None and any(a <= first <= b for a, b in merged):
+                continue  # also in a merged part (the process ended before deleting it)
+            parts.append((int(m.group(1)), first, f))
+    return sorted(parts)
+
+
+def read_trace(path: str | os.PathLike, columns: list[str] | None = None) -> Trace:
+    """Read a trace directory; corrupt parts are skipped and named in ``Trace.skipped``."""
+    root = Path(path)
+    if not root.exists():
+        raise TraceError(f"{root}: no such trace")
+    if not root.is_dir():
+        raise TraceError(f"{root}: not a trace (expected a directory with rank=<r>/ partitions)")
+    try:
+        parts = find_parts(root)
+        rank_dirs = [d for d in root.iterdir() if RANK_RE.match(d.name) and d.is_dir()]
+    except OSError as exc:
+        raise TraceError(f"{root}: cannot read: {exc.strerror or exc}") from None
+    if not rank_dirs:
+        if not any(root.iterdir()):
+            raise TraceError(f"{root}: empty directory, not a trace")
+        raise TraceError(f"{root}: not an lrdebug trace (no rank=<r>/ partitions)")
+    wanted = list(COLUMNS) if columns is None else [c for c in COLUMNS if c in columns]
+    trace = Trace(path=root, table=pa.Table.from_arrays([], schema=pa.schema([])))
+    for rank_dir in rank_dirs:
+        status = read_status(rank_dir)
+        if status is not None:
+            try:
+                check_version(status.get("schema_version", "1.0"), rank_dir / STATUS_FILE)
+            except ValueError:
+                continue  # a damaged status: the parts still describe the run
+            rank = int(RANK_RE.match(rank_dir.name).group(1))
+            trace.status[rank] = status
+            if isinstance(status.get("meta"), dict):
+                trace.meta[rank] = status["meta"] = clean_meta(status["meta"])
+    tables = []
+    for rank, _, part in parts:
+        try:
+            pf = pq.ParquetFile(part)
+            meta = _part_meta(pf.schema_arrow)
+            check_version(meta.get("schema_version", "1.0"), part)
+        except TraceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any unreadable part is skipped and named
+            trace.skipped.append(f"{part.relative_to(root)} ({short_error(exc)})")
+            continue
+        try:
+            present = [c for c in wanted if c in pf.schema_arrow.names]
+            table = _conform(pf.read(columns=present), wanted, rank)
+        except Exception as exc:  # noqa: BLE001
+            trace.skipped.append(f"{part.relative_to(root)} ({short_error(exc)})")
+            continue
+        tables.append(table)
+        if rank not in trace.status or "meta" not in trace.status[rank]:
+            trace.meta[rank] = meta  # later parts carry the fuller object registry
+    if tables:
+        trace.table = pa.concat_tables(tables)
+    else:
+        trace.table = pa.schema([SCHEMA.field(c) for c in wanted]).empty_table()
+    if "rank" in wanted and "seq" in wanted and trace.table.num_rows:
+        trace.table = trace.table.sort_by([("rank", "ascending"), ("seq", "ascending")])
+    return trace
+
+
+def short_error(exc: Exception) -> str:
+    """One printable line: a message may quote bytes of the trace (escape sequences included)."""
+    text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:200])
+
+
+def load(path: str | os.PathLike, columns: list[str] | None = None):
+    """All events of a trace, every rank, as a pandas DataFrame ordered by rank and seq."""
+    trace = read_trace(path, columns)
+    for note in trace.skipped:
+        print(f"lrdebug: skipped unreadable part {note}", file=sys.stderr)
+    try:
+        return trace.to_pandas()
+    except (pa.ArrowException, ValueError) as exc:  # parts are validated; this is the last line of defence
+        raise TraceError(f"{trace.path}: unreadable trace ({short_error(exc)})") from None
