@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import weakref
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -12,15 +11,8 @@ from ..errors import LRDebugError
 from ..rules import Finding
 from ..tracefile.schema import TraceError
 from ..tracefile.writer import FLUSH_ROWS
-from .objects import effective_lr  # noqa: F401 - lrdebug.effective_lr
+from .objects import _weak, effective_lr  # noqa: F401 - lrdebug.effective_lr
 from .recorder import Recorder
-
-
-def _weak(obj: Any):
-    try:
-        return weakref.ref(obj)
-    except TypeError:  # no weak reference support (__slots__): keep the object
-        return lambda: obj
 
 
 class trace:  # noqa: N801 - used like a function: `with lrdebug.trace(...)` / `@lrdebug.trace()`

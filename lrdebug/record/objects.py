@@ -101,13 +101,35 @@ def _scheduler_info(sched, index: int, opt_index: int | None) -> dict[str, Any]:
 
 
 def _unwrap_optimizer(opt):
-    """The torch optimizer inside a wrapper that subclasses Optimizer (accelerate's
-    AcceleratedOptimizer, which HF Trainer's scheduler holds): the wrapper's step runs the inner
-    optimizer's, which is the one the step hooks see."""
-    inner = getattr(opt, "optimizer", None)
-    while isinstance(inner, torch.optim.Optimizer) and inner is not opt:
-        opt, inner = inner, getattr(inner, "optimizer", None)
-    return opt
+    """The optimizer inside wrappers that share its param groups: the wrapper's step runs the inner
+    optimizer's, which is the one torch's step hooks see. accelerate's AcceleratedOptimizer (which HF
+    Trainer's scheduler holds) and timm's Lookahead/Ranger (an Optimizer subclass that never runs
+    ``Optimizer.__init__`` and takes the inner optimizer's ``param_groups`` list) are recognised by
+    what they share — the same list or the same group dicts — not by attribute names."""
+    seen = {id(opt)}
+    while True:
+        inner = _inner_optimizer(opt)
+        if inner is None or id(inner) in seen:
+            return opt
+        seen.add(id(inner))
+        opt = inner
+
+
+def _inner_optimizer(opt):
+    """An optimizer held in ``opt``'s attributes whose param groups ``opt`` shares, or None."""
+    try:
+        groups = opt.param_groups
+        attrs = list(vars(opt).values())
+    except Exception:  # noqa: BLE001 - a wrapper whose attributes cannot be read is no wrapper we know
+        return None
+    for value in attrs:
+        if not isinstance(value, torch.optim.Optimizer) or value is opt:
+            continue
+        inner = getattr(value, "param_groups", None)
+        if inner is groups or (isinstance(inner, list) and isinstance(groups, list)
+                               and any(a is b for a in inner for b in groups)):
+            return value
+    return None
 
 
 def effective_lr(optimizer) -> list[float]:
@@ -118,3 +140,9 @@ def effective_lr(optimizer) -> list[float]:
         out.append(float(v.detach().cpu()) if isinstance(v, torch.Tensor) else float(v))
     return out
 
+
+def _weak(obj: Any):
+    try:
+        return weakref.ref(obj)
+    except TypeError:  # no weak reference support (__slots__): keep the object
+        return lambda: obj

@@ -62,6 +62,7 @@ from .objects import (
     _scheduler_info,
     _total_steps,
     _unwrap_optimizer,
+    _weak,
     effective_lr,
 )
 from .sampling import _sample_after, _sample_before
@@ -178,6 +179,7 @@ class Recorder:
         self._late_skips: dict[int, int] = {}  # optimizer -> fused GradScaler skips found on a device so far
         self._filter: set[int] | None = None
         self._instance_patches: list[tuple[Any, Any]] = []
+        self._wrappers: dict[int, tuple[Any, _Opt]] = {}  # id(wrapper) -> (weak ref, the inner optimizer's state)
         self.enabled = False
         self.closed = False
         self.incomplete: str | None = None
@@ -228,11 +230,12 @@ class Recorder:
     def _add_explicit(self, obj: Any) -> None:
         if isinstance(obj, torch.optim.Optimizer):
             self._filter.add(id(obj))
-            self._opt_state(obj)
+            self._filter.add(id(self._opt_state(obj).ref()))
         elif callable(getattr(obj, "step", None)) and hasattr(obj, "optimizer"):
             self._filter.add(id(obj))
             self._filter.add(id(obj.optimizer))
-            self._opt_state(obj.optimizer)
+            if isinstance(obj.optimizer, torch.optim.Optimizer):
+                self._filter.add(id(self._opt_state(obj.optimizer).ref()))
             self._sched_state(obj)
             for child in getattr(obj, "_schedulers", ()) or ():
                 self._add_explicit(child)
@@ -359,18 +362,26 @@ class Recorder:
         st = self._opts.get(id(opt))
         if st is not None and st.ref() is opt:
             return st
-        opt = _unwrap_optimizer(opt)
+        alias = self._wrappers.get(id(opt))
+        if alias is not None and alias[0]() is opt and alias[1].ref() is not None:
+            return alias[1]
+        wrapper, opt = opt, _unwrap_optimizer(opt)
         st = self._opts.get(id(opt))
-        if st is not None and st.ref() is opt:
-            return st
-        with self._registry_lock:
-            st = _Opt(len(self._opt_list), opt)
-            st.info = _optimizer_info(opt, st.index)
-            self._opt_list.append(st)
-            self._opts[id(opt)] = st
-        self._observe_rank()
-        if self.checker is not None:
-            self.checker.register_optimizer(st.index, st.info)
+        if st is None or st.ref() is not opt:
+            with self._registry_lock:
+                st = _Opt(len(self._opt_list), opt)
+                st.info = _optimizer_info(opt, st.index)
+                self._opt_list.append(st)
+                self._opts[id(opt)] = st
+            self._observe_rank()
+            if self.checker is not None:
+                self.checker.register_optimizer(st.index, st.info)
+        if wrapper is not opt:  # its steps are the inner optimizer's: one optimizer, two handles
+            self._wrappers[id(wrapper)] = (_weak(wrapper), st)
+            with self._registry_lock:
+                names = st.info.setdefault("wrappers", [])
+                if type(wrapper).__name__ not in names:
+                    names.append(type(wrapper).__name__)
         return st
 
     def _sched_state(self, sched) -> _Sched:
