@@ -186,7 +186,8 @@ def _offline(events, meta, path: Path):
     else:
         columns, n = {}, 0
     table = table_from_columns(columns, n, meta)
-    return check_trace(Trace(path=path, table=table, meta={0: meta}))
+    # as a run that closed normally leaves it (live, finish() is told so too)
+    return check_trace(Trace(path=path, table=table, meta={0: meta}, status={0: {"state": "closed", "complete": True}}))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -64,8 +64,9 @@ class Stream:
         return self.feed("scheduler_step", optimizer=opt, scheduler=sched, step=self.steps.get(opt, 0), lrs=lrs,
                          origin=origin, parent=parent, value=value, line=line)
 
-    def zero(self, opt=0, origin="optimizer", line=20):
-        return self.feed("zero_grad", optimizer=opt if origin == "optimizer" else None, origin=origin, line=line)
+    def zero(self, opt=0, origin="optimizer", line=20, in_place=False):
+        return self.feed("zero_grad", optimizer=opt if origin == "optimizer" else None, origin=origin, line=line,
+                         value=1.0 if in_place else None)
 
     def epoch(self, loader=0):
         return self.feed("epoch_start", loader=loader, line=15)
@@ -243,7 +244,7 @@ def test_restarting_the_position_clears_past_horizon():
         s.iteration()
     s.feed("scheduler_load_state", optimizer=0, scheduler=0, value=0.0, line=9)
     s.iteration()
-    assert s.codes() == []
+    assert s.codes() == ["schedule-not-completed"]  # no past-horizon; the run ends at position 1 of 3
 
 
 def test_explicit_epoch_argument_sets_the_position():
@@ -299,12 +300,21 @@ def test_gradients_kept_without_any_zero_grad():
     s.zero().step(grads=(1,)).step(grads=(2,))
     assert s.codes() == ["grads-not-cleared"]
     s2 = Stream().optimizer()  # model.zero_grad(set_to_none=False) keeps the tensors: fine
-    s2.zero().step(grads=(1,)).zero(origin="module").step(grads=(2,))
+    s2.zero().step(grads=(1,)).zero(origin="module", in_place=True).step(grads=(2,))
     assert s2.codes() == []
 
 
+def test_another_optimizers_zero_grad_does_not_clear_this_one():
+    # A GAN: the discriminator's optimizer is zeroed (dropping its gradients) every step, the generator's
+    # never: the generator keeps stepping with its very gradient tensors of the previous step.
+    s = Stream().optimizer(0).optimizer(1)
+    for _ in range(3):
+        s.zero(opt=1).step(opt=1, grads=(1,)).step(opt=0, grads=(2,))
+    assert [(f.code, f.optimizer) for f in s.c.finish()] == [("grads-not-cleared", 0)]
+
+
 def test_gradient_accumulation_is_clean():
-    s = Stream().optimizer().scheduler(0, "OneCycleLR", total_steps=100)
+    s = Stream().optimizer().scheduler(0, "OneCycleLR", total_steps=13)  # 12 steps after the constructor's
     for _ in range(12):
         s.zero().step(grads=(1,)).sstep()  # four backward()s into fresh .grad between the steps
     assert s.codes() == []
@@ -432,3 +442,40 @@ def test_one_step_per_process_from_one_call_is_accelerates_wrapper(monkeypatch):
     assert [(f.code, f.step, f.line, f.count) for f in found] == [("scheduler-multiple-steps", 1, 40, 6)]
     assert "stepped 3 times between optimizer steps 1 and 2" in found[0].message
     assert [f.code for f in s2.new] == ["scheduler-multiple-steps"]  # reported when the next step came
+
+
+def test_schedule_not_completed_only_when_the_run_ended_normally():
+    def run():
+        s = Stream().optimizer().scheduler(0, "CosineAnnealingLR", T_max=100)
+        for _ in range(20):
+            s.iteration()
+        return s
+    found = run().c.finish()
+    assert [(f.code, f.severity, f.line) for f in found] == [("schedule-not-completed", "info", 5)]
+    assert "position 20 of 100 (20%)" in found[0].message
+    assert run().c.finish(completed=False) == []  # a crash or an interrupt stops wherever it stops
+    s = Stream().optimizer().scheduler(0, "CosineAnnealingLR", T_max=30)  # 20 of 30: far enough
+    for _ in range(20):
+        s.iteration()
+    assert s.codes() == []
+
+
+def test_lambda_factor_on_the_scale_of_the_lr():
+    base = 1e-3
+
+    def run(factors, cls="LambdaLR"):
+        s = Stream().optimizer().scheduler(0, cls, lrs=(base * factors[0],), base_lrs=[base])
+        lr = base * factors[0]
+        for f in factors[1:]:
+            s.zero().step(lrs=(lr,))  # the step uses the LR the scheduler left, then it moves it
+            lr = base * f if cls == "LambdaLR" else lr * f
+            s.sstep(lrs=(lr,))
+        return [f.code for f in s.c.finish()]
+
+    warmup_then_flat = [1e-3 * min(1.0, (i + 1) / 5) for i in range(15)]  # the lambda returns an LR
+    assert run(warmup_then_flat) == ["lambda-returns-lr"]
+    still_rising = [1e-3 * (i + 1) / 100 for i in range(15)]  # a long LR-scale warmup the run did not finish
+    assert run(still_rising) == []
+    assert run([0.01 + i * 0.1 for i in range(11)] + [0.5] * 4) == []  # factors reach ~1: a factor schedule
+    assert run([1.0] + [base] * 3, cls="MultiplicativeLR") == ["lambda-returns-lr"]
+    assert run([1.0] + [0.95] * 12, cls="MultiplicativeLR") == []

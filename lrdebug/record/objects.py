@@ -3,6 +3,8 @@ arguments, groups), restored step counts, gradient states, and the optimizer ins
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import math
 import weakref
 from typing import Any
@@ -81,7 +83,27 @@ def _optimizer_info(opt, index: int) -> dict[str, Any]:
         })
     defaults = {k: _jsonable(v) for k, v in (getattr(opt, "defaults", {}) or {}).items()}
     return {"index": index, "class": type(opt).__name__, "module": type(opt).__module__, "defaults": defaults,
-            "groups": groups}
+            "groups": groups, "params_key": _params_key(opt)}
+
+
+_param_serials: dict[int, tuple[Any, int]] = {}  # id(tensor) -> (weak ref, serial)
+_serials = itertools.count()
+
+
+def _params_key(opt) -> str:
+    """Which tensors an optimizer updates, as a short key: equal keys, the same parameter objects.
+    Parameters get a serial number at first sight (ids are reused once a model is freed)."""
+    serials = []
+    for g in opt.param_groups:
+        for p in g.get("params", ()):
+            known = _param_serials.get(id(p))
+            if known is not None and known[0]() is p:
+                serials.append(known[1])
+                continue
+            n = next(_serials)
+            _param_serials[id(p)] = (_weak(p), n)
+            serials.append(n)
+    return hashlib.blake2b(repr(sorted(serials)).encode(), digest_size=8).hexdigest()
 
 
 def _scheduler_info(sched, index: int, opt_index: int | None) -> dict[str, Any]:

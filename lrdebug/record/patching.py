@@ -104,6 +104,19 @@ class Patches:
                 setattr(owner, name, original)
 
 
+def _in_place(args: tuple, kwargs: dict) -> bool:
+    """zero_grad(set_to_none=False): the gradients are zeroed in their tensors, not dropped."""
+    return (args[0] if args else kwargs.get("set_to_none", True)) is False
+
+
+def _group_lrs(opt: Any) -> tuple | None:
+    """The group LRs of an optimizer as they are now (before a scheduler's constructor changes them)."""
+    try:
+        return tuple(g["lr"] for g in opt.param_groups)
+    except Exception:  # noqa: BLE001 - not an optimizer, or an unusual one: nothing to compare
+        return None
+
+
 def _subclasses(cls: type) -> list[type]:
     seen, todo = [], [cls]
     while todo:
@@ -160,6 +173,7 @@ class Installation:
 
         def __init__(sched, *args, **kwargs):
             global init_depth
+            before = _group_lrs(args[0] if args else kwargs.get("optimizer"))
             local.init_stack.append(sched)
             with _depth_lock:
                 init_depth += 1
@@ -170,7 +184,7 @@ class Installation:
                     init_depth -= 1
                 local.init_stack.pop()
             if not any(s is sched for s in local.init_stack):
-                sink.target.scheduler_init(sched)
+                sink.target.scheduler_init(sched, before)
 
         __init__.__wrapped__ = fn
         __init__.__doc__ = getattr(fn, "__doc__", None)
@@ -180,7 +194,10 @@ class Installation:
         sink, local = self.sink, _local
 
         def get_lr(sched, *args, **kwargs):
-            if not local.sched_stack and not (init_depth and local.init_stack):
+            # Only a scheduler's own step (or constructor) may compute its get_lr(): a call from user
+            # code, or from another scheduler's step (a warmup wrapper handing over), is reported.
+            stack = local.sched_stack
+            if (not stack or stack[-1] is not sched) and not (init_depth and local.init_stack):
                 sink.target.get_lr_call(sched)
             return fn(sched, *args, **kwargs) if args or kwargs else fn(sched)
 
@@ -247,8 +264,12 @@ class Installation:
         def wrap_zero_grad(fn):
             def zero_grad(opt, *args, **kwargs):
                 t0 = _now()
-                out = fn(opt, *args, **kwargs) if args or kwargs else fn(opt)
-                sink.target.zero_grad(opt, "optimizer", t0, _now())
+                if args or kwargs:
+                    out = fn(opt, *args, **kwargs)
+                    sink.target.zero_grad(opt, "optimizer", t0, _now(), _in_place(args, kwargs))
+                else:
+                    out = fn(opt)
+                    sink.target.zero_grad(opt, "optimizer", t0, _now(), False)
                 return out
 
             zero_grad.__wrapped__ = fn
@@ -264,8 +285,12 @@ class Installation:
 
         def module_zero_grad_wrapper(module, *args, **kwargs):
             t0 = _now()
-            out = module_zero_grad(module, *args, **kwargs) if args or kwargs else module_zero_grad(module)
-            sink.target.zero_grad(module, "module", t0, _now())
+            if args or kwargs:
+                out = module_zero_grad(module, *args, **kwargs)
+                sink.target.zero_grad(module, "module", t0, _now(), _in_place(args, kwargs))
+            else:
+                out = module_zero_grad(module)
+                sink.target.zero_grad(module, "module", t0, _now(), False)
             return out
 
         module_zero_grad_wrapper.__wrapped__ = module_zero_grad

@@ -58,6 +58,7 @@ from .environment import (
 )
 from .objects import (
     _grad_states,
+    _jsonable,
     _optimizer_info,
     _scheduler_info,
     _total_steps,
@@ -118,7 +119,7 @@ class _Opt:
 
 
 class _Sched:
-    __slots__ = ("index", "ref", "opt", "info", "steps", "ost")
+    __slots__ = ("index", "ref", "opt", "info", "steps", "ost", "horizon")
 
     def __init__(self, index: int, sched, opt_index: int | None) -> None:
         self.index = index
@@ -127,6 +128,10 @@ class _Sched:
         self.steps = 0
         self.ost: _Opt | None = None  # state of the optimizer it drives, cached for the hot path
         self.info: dict[str, Any] = {}
+        self.horizon: tuple[str, Any] | None = None  # (attribute, value) of a finite schedule's length
+
+
+_HORIZONS = ("T_max", "total_steps", "total_iters")  # a finite schedule's length, as its class names it
 
 
 # Recorder.buf holds optimizer steps as flat values, Recorder.other every other event as a row tuple:
@@ -283,7 +288,7 @@ class Recorder:
         findings = []
         if self.checker is not None:
             try:
-                findings = self.checker.finish()
+                findings = self.checker.finish(completed=exc is None)
             except Exception as e:  # noqa: BLE001
                 self._internal_error(f"checks failed: {type(e).__name__}: {e}")
         if findings and self._frameworks:
@@ -394,13 +399,19 @@ class Recorder:
             st = _Sched(len(self._sched_list), sched, opt_index)
             self._sched_list.append(st)
             self._scheds[id(sched)] = st
-            st.info = _scheduler_info(sched, st.index, opt_index)
             children = [self._sched_state(c).index for c in getattr(sched, "_schedulers", ()) or ()]
-            if children:
-                st.info["children"] = children
+            self._refresh_info(st, sched, {"children": children} if children else {})
+        return st
+
+    def _refresh_info(self, st: _Sched, sched, keep: dict[str, Any]) -> None:
+        """Read a scheduler's arguments again (at construction, after load_state_dict, when its length
+        changed) and tell the rules: they judge the schedule as it is now."""
+        with self._registry_lock:
+            st.info = _scheduler_info(sched, st.index, st.opt) | keep
+            name = next((a for a in _HORIZONS if a in sched.__dict__), None)
+            st.horizon = (name, sched.__dict__[name]) if name else None
         if self.checker is not None:
             self.checker.register_scheduler(st.index, st.info)
-        return st
 
     def _wants(self, obj) -> bool:
         return self._filter is None or id(obj) in self._filter
@@ -651,6 +662,10 @@ class Recorder:
                     value = None
             if origin != ORIGIN_INIT:
                 st.steps += 1
+            horizon = st.horizon
+            if horizon is not None and sched.__dict__.get(horizon[0]) != horizon[1]:  # the user resized it
+                self._refresh_info(st, sched, {k: v for k, v in st.info.items()
+                                               if k in ("children", "group_lrs_before")})
             site = call_site(2, SITE_SCHEDULER)  # above: this callback and patching's step wrapper
             seq = next(self._seq)
             self.other.append((SCHEDULER_STEP, seq, t0, t1 - t0, opt_index, st.index, step, site, lrs, None, origin,
@@ -663,11 +678,14 @@ class Recorder:
                              parent_index, value, t0)
 
     @_guarded
-    def scheduler_init(self, sched) -> None:
+    def scheduler_init(self, sched, lrs_before: tuple | None = None) -> None:
         if not self.enabled or not self._wants(sched):
             return
         st = self._sched_state(sched)
-        st.info = _scheduler_info(sched, st.index, st.opt) | {k: v for k, v in st.info.items() if k == "children"}
+        keep = {k: v for k, v in st.info.items() if k == "children"}
+        if lrs_before is not None:
+            keep["group_lrs_before"] = [_jsonable(_lr_value(v)) for v in lrs_before]
+        self._refresh_info(st, sched, keep)
         opt = getattr(sched, "optimizer", None)
         opt_steps = _total_steps(opt) if isinstance(opt, torch.optim.Optimizer) else None
         site = call_site()
@@ -675,8 +693,6 @@ class Recorder:
         t = _now()
         seq = self._append(SCHEDULER_INIT, t, 0, st.opt, st.index, None, site, lrs, None, None, opt_steps)
         file, line = self._site_fields(site, SCHEDULER_INIT)
-        if self.checker is not None:
-            self.checker.register_scheduler(st.index, st.info)
         self._check(Event(SCHEDULER_INIT, seq, optimizer=st.opt, scheduler=st.index, lrs=lrs or (), file=file,
                           line=line, value=opt_steps, t_ns=t))
 
@@ -685,6 +701,9 @@ class Recorder:
         if not self.enabled or not self._wants(sched):
             return
         st = self._sched_state(sched)
+        # load_state_dict restores the schedule's arguments too (a checkpoint's total_iters wins over the
+        # constructor's): the rules judge the schedule as restored.
+        self._refresh_info(st, sched, {k: v for k, v in st.info.items() if k in ("children", "group_lrs_before")})
         site = call_site()
         value = float(getattr(sched, "last_epoch", 0) or 0)
         t = _now()
@@ -704,7 +723,7 @@ class Recorder:
         file, line = self._site_fields(site, GET_LR_CALL)
         self._check(Event(GET_LR_CALL, seq, optimizer=st.opt, scheduler=st.index, file=file, line=line, t_ns=t))
 
-    def zero_grad(self, obj, origin, t0, t1) -> None:
+    def zero_grad(self, obj, origin, t0, t1, in_place=False) -> None:
         try:
             if not self.enabled:
                 return
@@ -718,14 +737,14 @@ class Recorder:
                 index = st.index
             site = call_site(2, SITE_ZERO_GRAD)  # above: this callback and patching's zero_grad wrapper
             seq = next(self._seq)
-            self.other.append((ZERO_GRAD, seq, t0, t1 - t0, index, None, None, site, None, None, origin, None, None,
-                               None, None, None, None, None))
+            self.other.append((ZERO_GRAD, seq, t0, t1 - t0, index, None, None, site, None, None, origin, None,
+                               1.0 if in_place else None, None, None, None, None, None))
         except Exception as e:  # noqa: BLE001
             self._internal_error(f"zero_grad: {type(e).__name__}: {e}")
             return
         checker = self.checker
         if checker is not None:
-            checker.zero_grad(seq)  # the only rule state a zero_grad changes; it finds nothing by itself
+            checker.zero_grad(seq, in_place)  # the only rule state a zero_grad changes; it finds nothing by itself
 
     @_guarded
     def add_param_group(self, opt) -> None:

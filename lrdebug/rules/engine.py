@@ -50,6 +50,8 @@ class Checker:
         self.opts: dict[int, OptState] = {}
         self.scheds: dict[int, SchedState] = {}
         self.zero_seq = -1  # seq of the last zero_grad of any kind
+        self.in_place_zero_seq = -1  # seq of the last zero_grad(set_to_none=False): gradients zeroed in their tensors
+        self.completed = True  # the run ended normally (finish() is told otherwise)
         self.epochs = 0  # epoch_start events so far
         self._finished = False
         # Processes in the run (offline: from the trace's metadata); see ordering.multiple_steps.
@@ -62,8 +64,9 @@ class Checker:
         self._on_before_opt, self._on_first_after, self._on_repeated, self._on_turn, self._on_sized = (
             on["scheduler_before_optimizer"], on["scheduler_first_after_optimizer"], on["scheduler_repeated"],
             on["scheduler_turn"], on["epoch_size_overrun"])
-        self._on_init, self._on_load, self._on_get_lr, self._on_add_group = (
-            on["scheduler_init"], on["scheduler_load_state"], on["get_lr_call"], on["add_param_group"])
+        self._on_init, self._on_load, self._on_get_lr, self._on_add_group, self._on_after_write = (
+            on["scheduler_init"], on["scheduler_load_state"], on["get_lr_call"], on["add_param_group"],
+            on["scheduler_after_lr_write"])
         self._on_end, self._on_finalize = on["end_of_run"], on["finalize"]
         self._handlers: dict[str, Callable[[Event], None]] = {
             OPTIMIZER_STEP: self._optimizer_step,
@@ -87,6 +90,8 @@ class Checker:
         groups = info.get("groups")
         if isinstance(groups, list):
             o.names = tuple(g.get("name") if isinstance(g, dict) else None for g in groups)
+        key = info.get("params_key")
+        o.params_key = key if isinstance(key, str) else None
 
     def register_scheduler(self, index: int, info: dict) -> None:
         s = self.sched(index)
@@ -110,6 +115,8 @@ class Checker:
             for c in s.children:
                 self.sched(c).is_child = True
         s.end, s.epoch_len = lengths(s.cls, s.params) if s.torch_cls else (None, None)
+        before = info.get("group_lrs_before")
+        s.lrs_before = tuple(before) if isinstance(before, list) else None
         s.on_step = listeners("scheduler_step", self.ignore, s.cls)
 
     def opt(self, index: Any) -> OptState | None:
@@ -257,6 +264,9 @@ class Checker:
             self._user_step(o, s, ev)
         for fn in s.on_step:
             fn(self, o, s, ev)
+        if o.written is not None:
+            for fn in self._on_after_write:
+                fn(self, o, s, ev)
 
     def _user_step(self, o: OptState, s: SchedState, ev: Event) -> None:
         if s.user_steps == 1:
@@ -339,11 +349,15 @@ class Checker:
 
     # ------------------------------------------------------------------ other events
     def _zero_grad(self, ev: Event) -> None:
-        self.zero_grad(ev.seq)
+        self.zero_grad(ev.seq, ev.value == 1.0)
 
-    def zero_grad(self, seq: int) -> None:
-        """A zero_grad of any kind (the recorder calls this directly: it finds nothing by itself)."""
+    def zero_grad(self, seq: int, in_place: bool = False) -> None:
+        """A zero_grad of any kind (the recorder calls this directly: it finds nothing by itself).
+        ``in_place``: set_to_none=False, the gradients were zeroed in their tensors (the trace's
+        ``value`` is 1 for such a zero_grad)."""
         self.zero_seq = seq
+        if in_place:
+            self.in_place_zero_seq = seq
 
     def _epoch_start(self, ev: Event) -> None:
         self.epochs += 1
@@ -373,10 +387,12 @@ class Checker:
             o.load_lrs = ev.lrs
 
     # ------------------------------------------------------------------ end of run
-    def finish(self) -> list[Finding]:
-        """End of run: close open counts, add the end-of-run findings, return all findings."""
+    def finish(self, completed: bool = True) -> list[Finding]:
+        """End of run: close open counts, add the end-of-run findings, return all findings.
+        ``completed``: the run ended normally (not by an exception, a signal or a crash)."""
         if not self._finished:
             self._finished = True
+            self.completed = completed
             self._new = None
             for o in self.opts.values():
                 for s in o.touched:

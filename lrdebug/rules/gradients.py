@@ -16,7 +16,10 @@ from .state import OptState, where
 def gradient_state(chk, o: OptState, ev: Event, prev_seq: int) -> None:
     grads = ev.grads
     if GRAD_SAME in grads:
-        if chk.zero_seq < prev_seq:
+        # The very gradient tensors of the previous step: nothing cleared them, or a zero_grad zeroed
+        # them in place (set_to_none=False). A zero_grad that drops gradients (the default) gives new
+        # tensors, so one that ran since did not cover this optimizer (a GAN's other network).
+        if chk.in_place_zero_seq < prev_seq:
             _not_cleared(chk, o, ev, grads.index(GRAD_SAME))
     elif GRAD_FRESH not in grads:
         at = where(ev.file, ev.line)
@@ -31,9 +34,10 @@ def _not_cleared(chk, o: OptState, ev: Event, g: int) -> None:
     at = where(ev.file, ev.line)
     chk.add("grads-not-cleared", ev.step, ev.file, ev.line, lambda: (
         f"{o.label()} stepped at optimizer step {ev.step} ({at}) with the same gradient tensors as at its "
-        "previous step and no zero_grad() in between: backward() adds into .grad, so every step applies the "
-        "sum of all gradients so far and the updates grow. Call optimizer.zero_grad() (or model.zero_grad()) "
-        "once per optimizer step, after step() or before backward()."), opt=o.index, group=g)
+        "previous step and no zero_grad() of its parameters in between: backward() adds into .grad, so every "
+        "step applies the sum of all gradients so far (with several networks, also what other losses' "
+        "backward() left) and the updates grow. Call this optimizer's zero_grad() (or its model's) once per "
+        "optimizer step, after step() or before backward()."), opt=o.index, group=g)
 
 
 @rule("step-skipped", "info",

@@ -101,8 +101,9 @@ def events_from_table(table) -> Iterator[Event]:
                     value[i], loader[i], 0, 0))
 
 
-def check_rank(table, meta: dict[str, Any]) -> list[Finding]:
-    """Run the engine over the rows of one rank, with that rank's object registry."""
+def check_rank(table, meta: dict[str, Any], status: dict[str, Any] | None = None) -> list[Finding]:
+    """Run the engine over the rows of one rank, with that rank's object registry; ``status`` (its
+    status file) says how the run ended."""
     checker = Checker()
     checker.world_size = as_int((meta or {}).get("world_size")) or 1
     for key, register in (("optimizers", checker.register_optimizer), ("schedulers", checker.register_scheduler)):
@@ -111,7 +112,17 @@ def check_rank(table, meta: dict[str, Any]) -> list[Finding]:
                 register(as_int(info["index"]), info)
     for ev in events_from_table(table):
         checker.feed(ev)
-    return checker.finish()
+    return checker.finish(completed=ended_normally(status))
+
+
+def ended_normally(status: dict[str, Any] | None) -> bool:
+    """A rank's run ended normally: its status says so (``ended``), or, in a trace written before
+    ``ended`` existed, it was closed complete. A rank without a status never closed."""
+    if not isinstance(status, dict):
+        return False
+    if "ended" in status:
+        return status.get("ended") == "normally"
+    return status.get("state") == "closed" and status.get("complete") is True
 
 
 def check_trace(trace) -> list[Finding]:
@@ -129,7 +140,7 @@ def check_trace(trace) -> list[Finding]:
     merged: dict[tuple, Finding] = {}
     for rank in ranks:
         sub = table.filter(pc.equal(table.column("rank"), rank)) if len(ranks) > 1 else table
-        for f in check_rank(sub, trace.meta.get(rank, {})):
+        for f in check_rank(sub, trace.meta.get(rank, {}), trace.status.get(rank)):
             key = (f.code, f.optimizer, f.scheduler, f.group, f.file, f.line)
             if key in merged:
                 m = merged[key]

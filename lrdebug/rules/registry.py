@@ -24,6 +24,8 @@ engine, ``o``/``s`` its optimizer and scheduler state, ``ev`` the event):
   (``s.epoch_len``) that has stepped more times than that, in a run with epoch boundaries
 - ``scheduler_step(chk, o, s, ev)``: any step but the constructor's (user's or a parent's); rules
   registered with ``classes=`` are called only for schedulers of those classes
+- ``scheduler_after_lr_write(chk, o, s, ev)``: a scheduler step after other code wrote the LR a
+  rule is watching (``o.written``, set by a ``lr_changed`` rule)
 - ``scheduler_init(chk, o, s, ev)``, ``scheduler_load_state(chk, o, s, ev)``
 - ``get_lr_call(chk, s, ev)``, ``add_param_group(chk, o, ev)``
 - ``end_of_run(chk)``: the run ended; ``finalize(chk, finding)``: once per finding, to complete its message
@@ -36,7 +38,7 @@ from typing import Callable
 
 MOMENTS = ("grads_unusual", "lr_invalid", "past_end", "optimizer_skipped", "lr_changed",
            "step_begin", "scheduler_before_optimizer", "scheduler_first_after_optimizer", "scheduler_repeated",
-           "scheduler_turn", "epoch_size_overrun", "scheduler_step", "scheduler_init", "scheduler_load_state",
+           "scheduler_turn", "epoch_size_overrun", "scheduler_step", "scheduler_after_lr_write", "scheduler_init", "scheduler_load_state",
            "get_lr_call", "add_param_group", "end_of_run", "finalize")
 
 

@@ -1,4 +1,5 @@
-"""Rules about resuming a run from a checkpoint: scheduler state restored with the optimizer's."""
+"""Rules about state carried through a run: a resume restores the scheduler with the optimizer, and a
+schedule is not rebuilt from scratch inside the loop."""
 
 from __future__ import annotations
 
@@ -34,3 +35,32 @@ def state_not_restored(chk, o: OptState, s: SchedState, ev: Event) -> None:
     else:
         return
     chk.add("scheduler-state-not-restored", ev.step, ev.file, ev.line, lambda: msg, opt=o.index, sched=s.index)
+
+
+@rule("schedule-restarted", "warning",
+      "the scheduler (often with its optimizer) is created again inside the training loop, so the schedule "
+      "starts over and optimizer state is lost", on="scheduler_init")
+def restarted(chk, o: OptState | None, s: SchedState, ev: Event) -> None:
+    """One construction site builds a scheduler for the same parameters as an earlier scheduler from that
+    site which had already stepped: the loop rebuilds it (per epoch, per task). A new model per fold, or
+    a second phase built at another line, is no restart."""
+    if o is None or o.params_key is None or s.init_site[0] is None:
+        return
+    earlier = [t for t in chk.scheds.values()
+               if t is not s and t.init_site == s.init_site and (t.user_steps or t.child_steps)
+               and t.opt is not None and chk.opts[t.opt].params_key == o.params_key]
+    if not earlier:
+        return
+    first = min(earlier, key=lambda t: t.index)
+    steps = sum(t.user_steps + t.child_steps for t in earlier)
+    new_optimizer = all(t.opt != o.index for t in earlier)
+    file, line = s.init_site
+    chk.add("schedule-restarted", None, file, line, lambda: (
+        f"{s.label()} is built again at {where(file, line)} for the same parameters as {first.label()} built "
+        f"there before, which had stepped {steps} time(s): the schedule starts over (warmup again, decay "
+        "undone) each time it is rebuilt"
+        + (f", and {o.label()} is a new optimizer too, so its state (momentum, Adam's moments) is thrown away"
+           if new_optimizer else "")
+        + ". Build the optimizer and the scheduler once, before the training loop, and step them across "
+          "epochs; for restarts on purpose use CosineAnnealingWarmRestarts or SequentialLR."),
+        opt=first.opt, sched=first.index)

@@ -73,7 +73,8 @@ class OptState:
 
     __slots__ = ("index", "cls", "names", "applied", "skipped", "last_seq", "expected", "from_sched", "driven",
                  "last_sched", "in_epoch", "epoch_mark", "epochs", "restored", "load_seq", "load_lrs", "scheds",
-                 "touched", "past", "last_user", "prev_skipped", "after_skip", "pairs", "last_sched_site")
+                 "touched", "past", "last_user", "prev_skipped", "after_skip", "pairs", "last_sched_site", "params_key",
+                 "written")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -100,6 +101,8 @@ class OptState:
         self.prev_skipped = False  # the last step was skipped
         self.after_skip = 0  # scheduler steps right after a skipped step
         self.pairs: dict[tuple, tuple] = {}  # (scheduler, scheduler) -> where they were first seen taking turns
+        self.params_key: str | None = None  # which parameters it optimizes (equal keys: the same tensors)
+        self.written: tuple | None = None  # an LR written by other code, watched until a scheduler steps
 
     def label(self) -> str:
         return f"optimizer {self.index} ({self.cls})"
@@ -119,7 +122,7 @@ class SchedState:
     __slots__ = ("index", "cls", "torch_cls", "opt", "children", "is_child", "params", "first_seq", "created_seq",
                  "init_site", "init_value", "init_lrs", "init_pos", "user_steps", "child_steps", "k", "k_epoch",
                  "pos", "loaded", "burst", "burst_from", "k_site", "k_same", "held", "epoch_len", "end", "epoch_flagged", "past_site", "over",
-                 "after_opt", "first_site", "on_step")
+                 "after_opt", "first_site", "on_step", "lrs_before", "factors")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -153,6 +156,8 @@ class SchedState:
         self.over = 0
         self.after_opt = False  # a user step came after its optimizer's first step
         self.on_step: tuple = ()  # the engine's scheduler_step rules for this scheduler's class
+        self.lrs_before: tuple | None = None  # the group LRs just before its constructor ran
+        self.factors: list | None = None  # LambdaLR/MultiplicativeLR: what its lambda returned (lambda-returns-lr)
         self.first_site: tuple = (None, None)
 
     def label(self) -> str:
