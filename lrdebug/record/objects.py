@@ -3,6 +3,7 @@ arguments, groups), restored step counts, gradient states, and the optimizer ins
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import math
@@ -26,6 +27,38 @@ def _jsonable(v: Any, depth: int = 0) -> Any:
     if callable(v):
         return getattr(v, "__qualname__", type(v).__name__)
     return type(v).__name__
+
+
+def _state_json(v: Any, depth: int = 0) -> Any:
+    """A scheduler's state_dict as JSON, enough to rebuild the scheduler without its constructor (the
+    intended-schedule replay): numbers, strings, lists, dicts; a Counter (MultiStepLR's milestones)
+    as ``{"counter": [[key, count], ...]}``. A callable (LambdaLR's lambda) cannot be stored: None."""
+    if isinstance(v, (bool, int, str)) or v is None:
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, torch.Tensor):
+        return float(v) if v.numel() == 1 and v.device.type == "cpu" else None
+    if depth >= 4:
+        return None
+    if isinstance(v, collections.Counter):
+        return {"counter": [[_state_json(k, depth + 1), int(n)] for k, n in v.items()][:256]}
+    if isinstance(v, dict):
+        return {str(k): _state_json(x, depth + 1) for k, x in list(v.items())[:256]}
+    if isinstance(v, (list, tuple)):
+        return [_state_json(x, depth + 1) for x in v][:256]
+    return None
+
+
+def _replay_state(sched) -> dict[str, Any] | None:
+    """What a replay needs of a scheduler just built: its state and its groups' scalar keys."""
+    try:
+        state = _state_json(sched.state_dict())
+        groups = [{k: _state_json(x) for k, x in g.items() if k != "params" and not isinstance(x, (list, dict))}
+                  for g in sched.optimizer.param_groups]
+    except Exception:  # noqa: BLE001 - a scheduler whose state cannot be read: no replay for it
+        return None
+    return {"state": state, "groups": groups}
 
 
 _SCHED_ATTRS = (

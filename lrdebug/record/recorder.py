@@ -58,6 +58,7 @@ from .environment import (
 )
 from .objects import (
     _grad_states,
+    _replay_state,
     _jsonable,
     _optimizer_info,
     _scheduler_info,
@@ -132,6 +133,7 @@ class _Sched:
 
 
 _HORIZONS = ("T_max", "total_steps", "total_iters")  # a finite schedule's length, as its class names it
+_KEPT_INFO = ("children", "group_lrs_before", "replay")  # what a re-read of a scheduler's arguments keeps
 
 
 # Recorder.buf holds optimizer steps as flat values, Recorder.other every other event as a row tuple:
@@ -665,7 +667,7 @@ class Recorder:
             horizon = st.horizon
             if horizon is not None and sched.__dict__.get(horizon[0]) != horizon[1]:  # the user resized it
                 self._refresh_info(st, sched, {k: v for k, v in st.info.items()
-                                               if k in ("children", "group_lrs_before")})
+                                               if k in _KEPT_INFO})
             site = call_site(2, SITE_SCHEDULER)  # above: this callback and patching's step wrapper
             seq = next(self._seq)
             self.other.append((SCHEDULER_STEP, seq, t0, t1 - t0, opt_index, st.index, step, site, lrs, None, origin,
@@ -685,6 +687,10 @@ class Recorder:
         keep = {k: v for k, v in st.info.items() if k == "children"}
         if lrs_before is not None:
             keep["group_lrs_before"] = [_jsonable(_lr_value(v)) for v in lrs_before]
+        if "children" not in keep and isinstance(sched, patching.LRScheduler):
+            replay = _replay_state(sched)
+            if replay is not None:
+                keep["replay"] = replay  # as built: the report can run the schedule as it was meant
         self._refresh_info(st, sched, keep)
         opt = getattr(sched, "optimizer", None)
         opt_steps = _total_steps(opt) if isinstance(opt, torch.optim.Optimizer) else None
@@ -703,7 +709,7 @@ class Recorder:
         st = self._sched_state(sched)
         # load_state_dict restores the schedule's arguments too (a checkpoint's total_iters wins over the
         # constructor's): the rules judge the schedule as restored.
-        self._refresh_info(st, sched, {k: v for k, v in st.info.items() if k in ("children", "group_lrs_before")})
+        self._refresh_info(st, sched, {k: v for k, v in st.info.items() if k in _KEPT_INFO})
         site = call_site()
         value = float(getattr(sched, "last_epoch", 0) or 0)
         t = _now()

@@ -130,7 +130,20 @@ class Report:
         self.scan = scan
         findings, source = _findings(trace, scan.rows)
         self.findings = _sort_findings(findings)
+        self.intended: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}  # finding index -> group -> curve
+        self._intend(trace, scan.primary)
         self._data = self._build(trace, scan, t_max, source, len(parts))
+
+    def _intend(self, trace: Trace, rank: int) -> None:
+        """The schedule each finding's code meant, and the damage (``finding["intended"]``)."""
+        from .intended import intended_schedules
+
+        meta = trace.meta.get(rank) or next(iter(trace.meta.values()), {})
+        found = intended_schedules(self.path, self.findings, meta, rank, self.epoch_steps)
+        for i, (summary, curves) in found.items():
+            self.findings[i]["intended"] = summary
+            if curves:
+                self.intended[i] = curves
 
     # -- public
     def to_dict(self) -> dict[str, Any]:

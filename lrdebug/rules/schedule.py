@@ -51,7 +51,7 @@ def epoch_per_batch(chk, o: OptState, s: SchedState, ev: Event) -> None:
                 f"{s.epoch_len} steps it takes to run through (stepped once per epoch it would be at step "
                 f"{epochs})")
     chk.add("epoch-scheduler-stepped-per-batch", ev.step, ev.file, ev.line, lambda: (
-        f"{s.label()} ({schedule_text(s)}) is stepped once per batch ({seen}), so the LR {effect} long before "
+        f"scheduler {s.index} ({s.cls}, {schedule_text(s)}) is stepped once per batch ({seen}, so the LR {effect} long before "
         "training ends. Step it once per epoch (after the batch loop), or size it in steps (epochs x batches "
         "per epoch)."), opt=o.index, sched=s.index)
 

@@ -72,3 +72,15 @@ def source_text(source: str) -> str:
 def scheduler_text(d: dict[str, Any], opt: int) -> str:
     scheds = [s for s in d["schedulers"] if s["optimizer"] == opt]
     return ", ".join(f"{s['class'] or 'scheduler'} #{s['index']} ({s['steps']} steps)" for s in scheds) or "none"
+
+
+def damage_lines(d: dict[str, Any], f: dict[str, Any]) -> list[str]:
+    """The intended schedule of a finding, one line per group (none when the finding has none)."""
+    intended = f.get("intended")
+    if not isinstance(intended, dict):
+        return []
+    from ..intended import damage_line
+
+    labels = {g.get("group", g.get("index")): g.get("label") for o in d.get("optimizers") or []
+              if o.get("index") == f.get("optimizer") for g in o.get("groups") or []}
+    return damage_line(intended, lambda g: labels.get(g) or f"group {g}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .base import clean, fmt_lr, fmt_ns, fmt_pct, scheduler_text, status_line, where
+from .base import clean, damage_lines, fmt_lr, fmt_ns, fmt_pct, scheduler_text, status_line, where
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
 
@@ -44,7 +44,8 @@ def markdown(report) -> str:
     if findings:
         rows = [[md(f.get("severity")), f"`{clean(f.get('code')).replace('`', '')}`", md(where(f) or "—"),
                  str(f.get("step") if f.get("step") is not None else "—"), str(f.get("count") or 1),
-                 md(f.get("message"))] for f in findings]
+                 md(" ".join([str(f.get("message") or "")] + [f"Vs intended: {x}." for x in damage_lines(d, f)]))]
+                for f in findings]
         lines += _md_table(["Severity", "Code", "Where", "Step", "Count", "Message"], rows)
     else:
         lines += ["No findings.", ""]

@@ -13,7 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .base import clean, fmt_lr, fmt_ns, fmt_pct, scheduler_text, source_text, status_line, where
+from .base import clean, damage_lines, fmt_lr, fmt_ns, fmt_pct, scheduler_text, source_text, status_line, where
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -166,6 +166,8 @@ def _findings(d: dict[str, Any]):
         line.append("  " + clean(" · ".join(details)))
         parts.append(line)
         parts.append(Text("\n".join("    " + clean(m) for m in str(f.get("message") or "").splitlines())))
+        for damage in damage_lines(d, f):
+            parts.append(Text.assemble(("    vs intended  ", "bold"), clean(damage)))
     return Group(*parts)
 
 

@@ -1,0 +1,20 @@
+"""Fixed: the scheduler stops stepping at the end of its schedule."""
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+loader = DataLoader(TensorDataset(torch.randn(64, 10), torch.randn(64, 1)), batch_size=8, shuffle=True)
+model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 1))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+planned_epochs = 3
+scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=planned_epochs * len(loader))
+
+for epoch in range(planned_epochs + 1):
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        if scheduler.last_epoch < scheduler.T_max:
+            scheduler.step()
