@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_lrdebug
 
 import lrdebug
-
-from conftest import run_lrdebug
 
 GALLERY = Path(__file__).parent / "gallery"
 CASES = [  # bug script, the finding whose intended schedule the fixed copy runs

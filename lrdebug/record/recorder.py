@@ -58,9 +58,9 @@ from .environment import (
 )
 from .objects import (
     _grad_states,
-    _replay_state,
     _jsonable,
     _optimizer_info,
+    _replay_state,
     _scheduler_info,
     _total_steps,
     _unwrap_optimizer,
