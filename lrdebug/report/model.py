@@ -4,8 +4,8 @@ The figures come from one streaming pass over the parts (``scan.py``), so memory
 the length of the run.
 
 Groups are labelled by ``param_group["name"]`` when set, else ``{Optimizer class}/pg{group + 1}``
-(Lightning's convention: group 0 is ``pg1``); when two optimizers share a class the class gets the
-optimizer index (``Adam-1/pg1``). Per-group figures are those of the lowest rank present; other ranks
+(Lightning's convention: group 0 is ``pg1``); a later optimizer of a class already seen gets its index
+(``Adam-1/pg1``). The convention lives in ``rules/labels.py``: finding messages name groups the same way. Per-group figures are those of the lowest rank present; other ranks
 appear in a cross-rank table.
 
 This module (and everything it imports) never imports torch: a trace can be read without PyTorch.
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..rules import SEVERITY_RANK, Finding
+from ..rules import SEVERITY_RANK, Finding, labels
 from ..tracefile import Trace, TraceError, read_trace
 from ..tracefile.reader import find_parts, short_error
 from .scan import SAMPLED, GroupStats, Scan, scan_trace
@@ -79,18 +79,16 @@ def _sort_findings(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------- the report
 def group_label(optimizers: list[dict[str, Any]], opt: int, group: int) -> str:
-    """``param_group["name"]`` when set, else ``Adam/pg1`` (group 0), ``Adam-1/pg1`` for a repeated class."""
+    """``param_group["name"]`` when set, else ``Adam/pg1`` (group 0): ``rules.labels``, as findings say."""
     info = optimizers[opt] if 0 <= opt < len(optimizers) and isinstance(optimizers[opt], dict) else {}
     groups = info.get("groups") or []
-    if 0 <= group < len(groups) and isinstance(groups[group], dict) and groups[group].get("name") is not None:
-        return str(groups[group]["name"])
-    return f"{optimizer_label(optimizers, opt)}/pg{group + 1}"
+    name = groups[group].get("name") if 0 <= group < len(groups) and isinstance(groups[group], dict) else None
+    return labels.group_label(optimizer_label(optimizers, opt), name, group)
 
 
 def optimizer_label(optimizers: list[dict[str, Any]], opt: int) -> str:
-    classes = [o.get("class") if isinstance(o, dict) else None for o in optimizers]
-    cls = classes[opt] if 0 <= opt < len(classes) and classes[opt] else "optimizer"
-    return cls if classes.count(cls) == 1 else f"{cls}-{opt}"
+    """``Adam``; a later optimizer of a class already seen: ``Adam-1`` (``rules.labels``)."""
+    return labels.optimizer_label([o.get("class") if isinstance(o, dict) else None for o in optimizers], opt)
 
 
 def _jsonable(v: Any) -> Any:

@@ -100,7 +100,7 @@ def bad_lr(chk, o: OptState, ev: Event) -> None:
         kind = "NaN" if x != x else ("infinite" if x == INF else "negative")
         harm = "climbs the loss (gradient ascent)" if kind == "negative" else "turns the parameters into NaN"
         chk.add("lr-nonfinite-or-negative", ev.step, ev.file, ev.line, lambda: (
-            f"{o.group_label(g)} of {o.label()} stepped with lr={fmt(x)} ({kind}) at optimizer step {ev.step} "
+            f"{o.group_label(g)} stepped with lr={fmt(x)} ({kind}) at optimizer step {ev.step} "
             f"({at}): a {kind} LR {harm}. Check the schedule that computed it (a decay sized for fewer "
             "steps than the run, a division by zero, a negative factor) and clamp it at 0."),
             opt=o.index, group=g)
@@ -111,30 +111,37 @@ def bad_lr(chk, o: OptState, ev: Event) -> None:
 @rule("lr-changed-outside-scheduler", "info",
       "a group's LR was changed by code that is no scheduler (a hand-written schedule)", on="lr_changed")
 def lr_written_outside(chk, o: OptState, ev: Event, exp: tuple) -> None:
+    """One finding per optimizer step and call site, naming every group whose LR changed there (a
+    hand-written schedule writes all groups at once: nanoGPT's two, layer-wise decay's dozen)."""
     lrs = ev.lrs
-    for g in range(min(len(lrs), len(exp))):
-        before, now = exp[g], lrs[g]
-        if close_lr(before, now):
-            continue
-        at = where(ev.file, ev.line)
-        if o.driven and o.last_sched is not None:
-            s, (sfile, sline) = o.last_sched, o.last_sched_site
-            if o.from_sched:
-                what = (f"{s.label()} set it to {fmt(before)} at {where(sfile, sline)}, and other code wrote "
-                        f"{fmt(now)} before the optimizer stepped")
-            else:
-                what = (f"it changed from {fmt(before)} to {fmt(now)} between two optimizer steps with no "
-                        f"scheduler step in between, while {s.label()} (stepped at {where(sfile, sline)}) "
-                        "drives it")
-            chk.add("lr-conflict", ev.step, ev.file, ev.line, lambda: (
-                f"{o.group_label(g)} of {o.label()} stepped with lr={fmt(now)} at optimizer step {ev.step} "
-                f"({at}), but {what}. The scheduler computes its next LR from its own state (or from the "
-                "LR it finds), so the two writers fight and the schedule is neither. Let one of them own the "
-                "LR: drop the manual param_groups write, or fold it into the scheduler (LambdaLR, "
-                "SequentialLR)."), opt=o.index, sched=s.index, group=g)
+    changed = [g for g in range(min(len(lrs), len(exp))) if not close_lr(exp[g], lrs[g])]
+    if not changed:
+        return
+    g = changed[0]
+    before, now = exp[g], lrs[g]
+    at = where(ev.file, ev.line)
+    who = o.groups_label(changed)
+    if len(changed) == 1:
+        values = f"from {fmt(before)} to {fmt(now)}"
+    elif len(changed) <= 4:
+        values = "; ".join(f"{o.group_label(c)} from {fmt(exp[c])} to {fmt(lrs[c])}" for c in changed)
+    else:
+        values = f"{o.group_label(g)} from {fmt(before)} to {fmt(now)}, and so on"
+    if o.driven and o.last_sched is not None:
+        s, (sfile, sline) = o.last_sched, o.last_sched_site
+        if o.from_sched:
+            what = (f"{s.label()} set it at {where(sfile, sline)}, and other code changed it ({values}) "
+                    "before the optimizer stepped")
         else:
-            chk.add("lr-changed-outside-scheduler", ev.step, ev.file, ev.line, lambda: (
-                f"{o.group_label(g)} of {o.label()}: the LR changed from {fmt(before)} to {fmt(now)} before "
-                f"optimizer step {ev.step} ({at}) without any scheduler step: a hand-written schedule "
-                "writes param_groups. Fine on its own; lrdebug records the LR each step used."),
-                opt=o.index, group=g)
+            what = (f"it changed ({values}) between two optimizer steps with no scheduler step in between, "
+                    f"while {s.label()} (stepped at {where(sfile, sline)}) drives it")
+        chk.add("lr-conflict", ev.step, ev.file, ev.line, lambda: (
+            f"{who} stepped with a changed LR at optimizer step {ev.step} ({at}), but {what}. The scheduler "
+            "computes its next LR from its own state (or from the LR it finds), so the two writers fight and "
+            "the schedule is neither. Let one of them own the LR: drop the manual param_groups write, or fold "
+            "it into the scheduler (LambdaLR, SequentialLR)."), opt=o.index, sched=s.index, group=g)
+    else:
+        chk.add("lr-changed-outside-scheduler", ev.step, ev.file, ev.line, lambda: (
+            f"{who}: the LR changed ({values}) before optimizer step {ev.step} ({at}) without any scheduler "
+            "step: a hand-written schedule writes param_groups. Fine on its own; lrdebug records the LR each "
+            "step used."), opt=o.index, group=g)
