@@ -32,6 +32,7 @@ DEFAULT_DIR = Path("lrdebug-traces")
 RECHECK_MAX_ROWS = 250_000
 DIFF_RTOL = 1e-12
 RATIO_HINT = 1e-3
+NO_STEPS = "no optimizer steps were recorded"  # a note; renderers show it once, as a headline
 
 
 # ------------------------------------------------------------------------------------- findings
@@ -196,7 +197,7 @@ class Report:
         if trace.skipped:
             notes += [f"skipped unreadable part {s}" for s in trace.skipped]
         if not any(r == primary for r, *_ in scan.groups):
-            notes.append("no optimizer steps were recorded")
+            notes.append(NO_STEPS)
 
         optimizers = []
         opt_indices = sorted({o for r, o, _ in scan.groups if r == primary} | set(range(len(opts_meta))))
@@ -242,7 +243,10 @@ class Report:
             timing["optimizers"].append({
                 "optimizer": o, "dur_ns": d["dur_ns"].to_dict(), "iter_ns": d["iter_ns"].to_dict(),
                 "data_wait_ns": d["data_wait_ns"].to_dict(), "cuda_ns": d["cuda_ns"].to_dict(),
-                "step_share": dur / it if it else None, "data_wait_share": wait / it if it and waits else None,
+                "step_share": dur / it if it else None,
+                "data_wait_share": wait / it if it and waits else None,
+                # step(closure) (Lightning): the step's time includes the forward and backward passes
+                "step_closure": bool((opts_meta[o] if o < len(opts_meta) else {}).get("step_closure")),
                 "slowest": [{"step": s, "iter_ns": i if i >= 0 else None, "dur_ns": du,
                              "data_wait_ns": w if w >= 0 else None} for i, s, du, w in scan.slowest[o]],
             })
@@ -257,6 +261,8 @@ class Report:
                 "duration_s": (end - start) / 1e9 if isinstance(end, int) and isinstance(start, int) else None,
                 "lrdebug_version": meta.get("lrdebug_version"), "torch_version": meta.get("torch_version"),
                 "python_version": meta.get("python_version"), "world_size": meta.get("world_size"),
+                "frameworks": {str(k): str(v) for k, v in (meta.get("frameworks") or {}).items()}
+                if isinstance(meta.get("frameworks"), dict) else {},
                 "sample_updates": meta.get("sample_updates"),
                 "complete": bool(status) and all(s["complete"] for s in status) and not trace.skipped,
                 "status": status, "rows": scan.rows, "parts": parts, "skipped_parts": list(trace.skipped),
