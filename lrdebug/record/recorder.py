@@ -506,8 +506,8 @@ class Recorder:
                 st = self._opt_state(opt)
             elif not self.enabled:
                 return
-            if args or kwargs:  # step(closure): the step's time then includes forward and backward
-                if not st.closure and (args[0] if args else kwargs.get("closure")) is not None:
+            if kwargs or len(args) > 1:  # args[0] is the optimizer; step(closure): forward and backward inside
+                if not st.closure and (args[1] if len(args) > 1 else kwargs.get("closure")) is not None:
                     st.closure = True
             if patching.scaler_depth:
                 local = patching._local

@@ -19,6 +19,11 @@ from .base import clean
 
 
 def plot_report(report, out: Path) -> None:
+    figure(report).savefig(out)
+
+
+def figure(report):
+    """The matplotlib Figure of ``lrdebug plot`` (one panel per optimizer)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -33,7 +38,7 @@ def plot_report(report, out: Path) -> None:
     fig.suptitle(f"Learning rate per optimizer step: {title}", fontsize=11)
     for ax, opt in zip(axes, optimizers):
         _panel(ax, report, d, opt, curves, samples)
-    fig.savefig(out)
+    return fig
 
 
 def _panel(ax, report, d, opt: int, curves, samples) -> None:

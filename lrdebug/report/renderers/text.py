@@ -92,8 +92,9 @@ def _header(d: dict[str, Any]) -> Panel:
 def _lr_table(d: dict[str, Any]) -> Table:
     table = Table(title="Learning rate per param group", title_justify="left")
     for name, just in (("Group", "left"), ("Steps", "right"), ("Skipped", "right"), ("First LR", "right"),
-                       ("Min", "right"), ("Max", "right"), ("Last LR", "right"), ("Scheduler(s)", "left")):
+                       ("Min", "right"), ("Max", "right"), ("Last LR", "right")):
         table.add_column(name, justify=just)
+    table.add_column("Scheduler(s)")
     for o in d["optimizers"]:
         for g in o["groups"]:
             table.add_row(T(g["label"]), str(g["steps"]), str(g["skipped"]), fmt_lr(g["first_lr"]),
