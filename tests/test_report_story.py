@@ -9,7 +9,6 @@ versions) is replaced in the report's data before rendering, so a diff is a layo
 from __future__ import annotations
 
 import io
-import json
 import os
 import sys
 import textwrap

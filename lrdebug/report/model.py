@@ -4,7 +4,7 @@ The figures come from one streaming pass over the parts (``scan.py``), so memory
 the length of the run.
 
 Groups are labelled by ``param_group["name"]`` when set, else ``{Optimizer class}/pg{group + 1}``
-(Lightning's convention: group 0 is ``pg1``); a later optimizer of a class already seen gets its index
+(Lightning's convention: group 0 is ``pg1``); optimizers after the first carry their index
 (``Adam-1/pg1``). The convention lives in ``rules/labels.py``: finding messages name groups the same way. Per-group figures are those of the lowest rank present; other ranks
 appear in a cross-rank table.
 
@@ -88,8 +88,9 @@ def group_label(optimizers: list[dict[str, Any]], opt: int, group: int) -> str:
 
 
 def optimizer_label(optimizers: list[dict[str, Any]], opt: int) -> str:
-    """``Adam``; a later optimizer of a class already seen: ``Adam-1`` (``rules.labels``)."""
-    return labels.optimizer_label([o.get("class") if isinstance(o, dict) else None for o in optimizers], opt)
+    """``Adam`` for the first optimizer, ``Adam-1``, ``SGD-2`` for later ones (``rules.labels``)."""
+    info = optimizers[opt] if 0 <= opt < len(optimizers) and isinstance(optimizers[opt], dict) else {}
+    return labels.optimizer_label(info.get("class"), opt)
 
 
 def _jsonable(v: Any) -> Any:

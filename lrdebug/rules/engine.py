@@ -85,7 +85,7 @@ class Checker:
         if o is None or not isinstance(info, dict):
             return
         o.cls = str(info.get("class") or "optimizer")
-        o.tag = optimizer_label([self.opts[i].cls if i in self.opts else None for i in range(index)] + [o.cls], index)
+        o.tag = optimizer_label(o.cls, index)
         groups = info.get("groups")
         if isinstance(groups, list):
             o.names = tuple(g.get("name") if isinstance(g, dict) else None for g in groups)

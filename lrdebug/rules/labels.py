@@ -1,8 +1,9 @@
 """How optimizers and param groups are named, in finding messages and in every report: one convention.
 
-- An optimizer is named by its class (``AdamW``); a later optimizer of a class already seen gets its
-  index (``Adam``, ``Adam-1``: a GAN's two Adams). The name depends only on the optimizers before it,
-  so it never changes as a run goes on, and live findings name it as the offline report does.
+- An optimizer is named by its class (``AdamW``), and when it is not the first optimizer of the run,
+  by its class and index (``Adam``, ``Adam-1``: a GAN's two Adams). The name depends on nothing but
+  the optimizer, so it never changes as a run goes on, and live findings name it as the offline
+  report does.
 - A param group is named by its ``name`` key when it has one, else ``{optimizer}/pg{group + 1}``
   (Lightning's convention: group 0 is ``pg1``).
 - Several groups named in one sentence: ``groups_text``.
@@ -13,11 +14,13 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 
-def optimizer_label(classes: Sequence[Any], opt: int) -> str:
-    """``classes``: the class name of each optimizer by index (at least up to ``opt``)."""
-    cls = classes[opt] if 0 <= opt < len(classes) and classes[opt] else "optimizer"
-    earlier = [c or "optimizer" for c in classes[:max(opt, 0)]]
-    return str(cls) if cls not in earlier else f"{cls}-{opt}"
+def optimizer_label(cls: Any, opt: int) -> str:
+    """``cls``: the optimizer's class name; ``opt``: its index. The first optimizer (index 0) is its class,
+    ``AdamW``; every later one has its index too, ``Adam-1``, ``SGD-2``: a name that depends on nothing
+    but the optimizer itself, so the rules name it the same live (where optimizers are met one by
+    one) and offline, and it never changes as a run goes on."""
+    cls = cls or "optimizer"
+    return str(cls) if opt == 0 else f"{cls}-{opt}"
 
 
 def group_label(optimizer: str, name: Any, group: int) -> str:

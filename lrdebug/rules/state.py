@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from .finding import Finding
-from .labels import group_label, groups_text
+from .labels import group_label, groups_text, optimizer_label
 
 # "Many" optimizer steps: below this, a scheduler that has not stepped yet may simply be a
 # per-epoch scheduler whose first epoch has not ended (scheduler-never-stepped, -orphaned).
@@ -80,7 +80,7 @@ class OptState:
         self.index = index
         self.cls = "optimizer"
         self.names: tuple = ()
-        self.tag = f"optimizer-{index}"  # its name in messages (labels.optimizer_label), set at registration
+        self.tag = optimizer_label(None, index)  # its name in messages (labels.optimizer_label), set at registration
         self.applied = 0  # optimizer_step events
         self.skipped = 0  # optimizer_step_skipped events
         self.last_seq = -1  # seq of the last step (applied or skipped)

@@ -11,8 +11,8 @@ and says so; epoch starts are vertical lines, and the title says so only when th
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 from rich.text import Text
