@@ -61,7 +61,7 @@ def test_strict_in_process_raises_with_the_findings_message(tmp_path):
     with pytest.raises(lrdebug.LRDebugError) as info:
         with lrdebug.trace(out=tmp_path / "t", strict=True, summary=False):
             runpy.run_path(str(script), run_name="__main__")
-    assert str(info.value).startswith("[grads-not-cleared] optimizer 0 (SGD) stepped at optimizer step 2")
+    assert str(info.value).startswith("[grads-not-cleared] SGD stepped at optimizer step 2")
     assert _user_frames(info.tb, script)[-1] == _marked_line(script, "grads-not-cleared")
 
 

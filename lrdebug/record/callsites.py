@@ -160,12 +160,21 @@ def _walk_call_site(f) -> int:
                 if user is not None:
                     _codes_kept.append(user.f_code)
                     f = user
-                SITES.append((f.f_code.co_filename, f.f_lineno or 0, f.f_code.co_name))
+                SITES.append((_absolute(f.f_code.co_filename), f.f_lineno or 0, f.f_code.co_name))
                 FRAMEWORK_SITES.append(framework)
                 sid = len(SITES) - 1
                 _site_ids[key] = sid
     return sid
 
+
+
+def _absolute(filename: str) -> str:
+    """A site's file as an absolute path (once per new site), so every rank of a job names a file the same
+    way: ``python train.py`` compiles ``train.py`` relative, a launcher's worker may compile it absolute.
+    Pseudo-files (``<string>``, ``<stdin>``) stay as they are."""
+    if not filename or filename.startswith("<") or os.path.isabs(filename):
+        return filename
+    return os.path.abspath(filename)
 
 
 def _after_fork_in_child() -> None:

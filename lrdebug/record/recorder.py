@@ -102,7 +102,7 @@ def _guarded(callback):
 # ------------------------------------------------------------------------------ per-object state
 class _Opt:
     __slots__ = ("index", "ref", "steps", "t0", "lrs", "last_t", "grad_ref", "sampled", "info",
-                 "skipped", "cuda", "scaled")
+                 "skipped", "cuda", "scaled", "closure")
 
     def __init__(self, index: int, opt) -> None:
         self.index = index
@@ -116,6 +116,7 @@ class _Opt:
         self.sampled = None
         self.cuda = None
         self.scaled = False
+        self.closure = False  # step() was given a closure (Lightning): its time includes forward and backward
         self.info: dict[str, Any] = {}
 
 
@@ -440,6 +441,8 @@ class Recorder:
                 late = self._late_skips.get(o.index, 0)
                 info["steps"] = o.steps - late
                 info["skipped"] = o.skipped + late
+                if o.closure:
+                    info["step_closure"] = True
             schedulers = [dict(s.info) for s in self._sched_list]
             for s, info in zip(self._sched_list, schedulers):
                 info["steps"] = s.steps
@@ -461,6 +464,7 @@ class Recorder:
             "optimizers": optimizers,
             "schedulers": schedulers,
             "sites": len(SITES),
+            "frameworks": _framework_versions(),
         }
 
     # ------------------------------------------------------------------ live checks
@@ -526,6 +530,9 @@ class Recorder:
                 st = self._opt_state(opt)
             elif not self.enabled:
                 return
+            if kwargs or len(args) > 1:  # args[0] is the optimizer; step(closure): forward and backward inside
+                if not st.closure and (args[1] if len(args) > 1 else kwargs.get("closure")) is not None:
+                    st.closure = True
             if patching.scaler_depth:
                 local = patching._local
                 st.scaled = local.scaler_opt is opt
@@ -845,6 +852,33 @@ class Recorder:
         for opt, seqs in new.items():
             self._late_skips[opt] = done.get(opt, 0) + len(seqs)
 
+
+
+_VERSIONS: dict[str, str | None] = {}
+
+
+def _framework_versions() -> dict[str, str]:
+    """The installed packages whose code called optimizer.step() & co. (their frames in FRAMEWORK_SITES,
+    ``lightning/pytorch/...py:123``) with their versions: ``{"lightning": "2.4.0"}``. Packages without a
+    version (the standard library) are left out; each is looked up once per process."""
+    out = {}
+    for label in set(FRAMEWORK_SITES):
+        if not label or label.startswith("<"):
+            continue
+        top = label.split("/", 1)[0].split(os.sep, 1)[0]
+        if top not in _VERSIONS:
+            version = None
+            try:
+                import importlib.metadata
+
+                version = importlib.metadata.version(top)
+            except Exception:  # noqa: BLE001 - not a distribution's name: the module may say
+                v = getattr(sys.modules.get(top), "__version__", None)
+                version = v if isinstance(v, str) else None
+            _VERSIONS[top] = version
+        if _VERSIONS[top]:
+            out[top] = _VERSIONS[top]
+    return dict(sorted(out.items()))
 
 
 def print_summary(rec: Recorder, findings: list[Finding]) -> None:

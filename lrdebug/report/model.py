@@ -4,8 +4,8 @@ The figures come from one streaming pass over the parts (``scan.py``), so memory
 the length of the run.
 
 Groups are labelled by ``param_group["name"]`` when set, else ``{Optimizer class}/pg{group + 1}``
-(Lightning's convention: group 0 is ``pg1``); when two optimizers share a class the class gets the
-optimizer index (``Adam-1/pg1``). Per-group figures are those of the lowest rank present; other ranks
+(Lightning's convention: group 0 is ``pg1``); optimizers after the first carry their index
+(``Adam-1/pg1``). The convention lives in ``rules/labels.py``: finding messages name groups the same way. Per-group figures are those of the lowest rank present; other ranks
 appear in a cross-rank table.
 
 This module (and everything it imports) never imports torch: a trace can be read without PyTorch.
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..rules import SEVERITY_RANK, Finding
+from ..rules import SEVERITY_RANK, Finding, labels
 from ..tracefile import Trace, TraceError, read_trace
 from ..tracefile.reader import find_parts, short_error
 from .scan import SAMPLED, GroupStats, Scan, scan_trace
@@ -32,6 +32,7 @@ DEFAULT_DIR = Path("lrdebug-traces")
 RECHECK_MAX_ROWS = 250_000
 DIFF_RTOL = 1e-12
 RATIO_HINT = 1e-3
+NO_STEPS = "no optimizer steps were recorded"  # a note; renderers show it once, as a headline
 
 
 # ------------------------------------------------------------------------------------- findings
@@ -79,18 +80,17 @@ def _sort_findings(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------- the report
 def group_label(optimizers: list[dict[str, Any]], opt: int, group: int) -> str:
-    """``param_group["name"]`` when set, else ``Adam/pg1`` (group 0), ``Adam-1/pg1`` for a repeated class."""
+    """``param_group["name"]`` when set, else ``Adam/pg1`` (group 0): ``rules.labels``, as findings say."""
     info = optimizers[opt] if 0 <= opt < len(optimizers) and isinstance(optimizers[opt], dict) else {}
     groups = info.get("groups") or []
-    if 0 <= group < len(groups) and isinstance(groups[group], dict) and groups[group].get("name") is not None:
-        return str(groups[group]["name"])
-    return f"{optimizer_label(optimizers, opt)}/pg{group + 1}"
+    name = groups[group].get("name") if 0 <= group < len(groups) and isinstance(groups[group], dict) else None
+    return labels.group_label(optimizer_label(optimizers, opt), name, group)
 
 
 def optimizer_label(optimizers: list[dict[str, Any]], opt: int) -> str:
-    classes = [o.get("class") if isinstance(o, dict) else None for o in optimizers]
-    cls = classes[opt] if 0 <= opt < len(classes) and classes[opt] else "optimizer"
-    return cls if classes.count(cls) == 1 else f"{cls}-{opt}"
+    """``Adam`` for the first optimizer, ``Adam-1``, ``SGD-2`` for later ones (``rules.labels``)."""
+    info = optimizers[opt] if 0 <= opt < len(optimizers) and isinstance(optimizers[opt], dict) else {}
+    return labels.optimizer_label(info.get("class"), opt)
 
 
 def _jsonable(v: Any) -> Any:
@@ -211,7 +211,7 @@ class Report:
         if trace.skipped:
             notes += [f"skipped unreadable part {s}" for s in trace.skipped]
         if not any(r == primary for r, *_ in scan.groups):
-            notes.append("no optimizer steps were recorded")
+            notes.append(NO_STEPS)
 
         optimizers = []
         opt_indices = sorted({o for r, o, _ in scan.groups if r == primary} | set(range(len(opts_meta))))
@@ -257,7 +257,10 @@ class Report:
             timing["optimizers"].append({
                 "optimizer": o, "dur_ns": d["dur_ns"].to_dict(), "iter_ns": d["iter_ns"].to_dict(),
                 "data_wait_ns": d["data_wait_ns"].to_dict(), "cuda_ns": d["cuda_ns"].to_dict(),
-                "step_share": dur / it if it else None, "data_wait_share": wait / it if it and waits else None,
+                "step_share": dur / it if it else None,
+                "data_wait_share": wait / it if it and waits else None,
+                # step(closure) (Lightning): the step's time includes the forward and backward passes
+                "step_closure": bool((opts_meta[o] if o < len(opts_meta) else {}).get("step_closure")),
                 "slowest": [{"step": s, "iter_ns": i if i >= 0 else None, "dur_ns": du,
                              "data_wait_ns": w if w >= 0 else None} for i, s, du, w in scan.slowest[o]],
             })
@@ -272,6 +275,8 @@ class Report:
                 "duration_s": (end - start) / 1e9 if isinstance(end, int) and isinstance(start, int) else None,
                 "lrdebug_version": meta.get("lrdebug_version"), "torch_version": meta.get("torch_version"),
                 "python_version": meta.get("python_version"), "world_size": meta.get("world_size"),
+                "frameworks": {str(k): str(v) for k, v in (meta.get("frameworks") or {}).items()}
+                if isinstance(meta.get("frameworks"), dict) else {},
                 "sample_updates": meta.get("sample_updates"),
                 "complete": bool(status) and all(s["complete"] for s in status) and not trace.skipped,
                 "status": status, "rows": scan.rows, "parts": parts, "skipped_parts": list(trace.skipped),

@@ -33,6 +33,7 @@ from ..tracefile.schema import (
     Event,
 )
 from .finding import Finding
+from .labels import optimizer_label
 from .registry import CODES, MOMENTS, listeners
 from .state import INF, PLATEAU, OptState, SchedState, as_float, as_int, lengths
 
@@ -87,6 +88,7 @@ class Checker:
         if o is None or not isinstance(info, dict):
             return
         o.cls = str(info.get("class") or "optimizer")
+        o.tag = optimizer_label(o.cls, index)
         groups = info.get("groups")
         if isinstance(groups, list):
             o.names = tuple(g.get("name") if isinstance(g, dict) else None for g in groups)

@@ -141,7 +141,7 @@ def bad_lr(chk, o: OptState, ev: Event) -> None:
         kind = "NaN" if x != x else ("infinite" if x == INF else "negative")
         harm = "climbs the loss (gradient ascent)" if kind == "negative" else "turns the parameters into NaN"
         chk.add("lr-nonfinite-or-negative", ev.step, ev.file, ev.line, lambda: (
-            f"{o.group_label(g)} of {o.label()} stepped with lr={fmt(x)} ({kind}) at optimizer step {ev.step} "
+            f"{o.group_label(g)} stepped with lr={fmt(x)} ({kind}) at optimizer step {ev.step} "
             f"({at}): a {kind} LR {harm}. Check the schedule that computed it (a decay sized for fewer "
             "steps than the run, a division by zero, a negative factor) and clamp it at 0."),
             opt=o.index, group=g)
@@ -152,42 +152,52 @@ def bad_lr(chk, o: OptState, ev: Event) -> None:
 @rule("lr-changed-outside-scheduler", "info",
       "a group's LR was changed by code that is no scheduler (a hand-written schedule)", on="lr_changed")
 def lr_written_outside(chk, o: OptState, ev: Event, exp: tuple) -> None:
+    """One finding per optimizer step and call site, naming every group whose LR changed there (a
+    hand-written schedule writes all groups at once: nanoGPT's two, layer-wise decay's dozen)."""
     lrs = ev.lrs
-    for g in range(min(len(lrs), len(exp))):
-        before, now = exp[g], lrs[g]
-        if close_lr(before, now):
-            continue
-        at = where(ev.file, ev.line)
-        if o.driven and o.last_sched is not None:
-            s, (sfile, sline) = o.last_sched, o.last_sched_site
-            if o.from_sched:
-                what = (f"{s.label()} set it to {fmt(before)} at {where(sfile, sline)}, and other code wrote "
-                        f"{fmt(now)} before the optimizer stepped")
-            else:
-                what = (f"it changed from {fmt(before)} to {fmt(now)} between two optimizer steps with no "
-                        f"scheduler step in between, while {s.label()} (stepped at {where(sfile, sline)}) "
-                        "drives it")
-            chk.add("lr-conflict", ev.step, ev.file, ev.line, lambda: (
-                f"{o.group_label(g)} of {o.label()} stepped with lr={fmt(now)} at optimizer step {ev.step} "
-                f"({at}), but {what}. The scheduler computes its next LR from its own state (or from the "
-                "LR it finds), so the two writers fight and the schedule is neither. Let one of them own the "
-                "LR: drop the manual param_groups write, or fold it into the scheduler (LambdaLR, "
-                "SequentialLR)."), opt=o.index, sched=s.index, group=g)
-        elif o.written is None and any(x.first_seq is not None and x.cls != PLATEAU for x in o.scheds):
-            # A scheduler exists but has not stepped in this run (a resumed run): whether the write
-            # lasts is known at its next step.
-            o.written = (g, before, now, ev.step, ev.file, ev.line)
+    changed = [g for g in range(min(len(lrs), len(exp))) if not close_lr(exp[g], lrs[g])]
+    if not changed:
+        return
+    g = changed[0]
+    at = where(ev.file, ev.line)
+    who = o.groups_label(changed)
+    values = _values(o, changed, exp, lrs)
+    if o.driven and o.last_sched is not None:
+        s, (sfile, sline) = o.last_sched, o.last_sched_site
+        if o.from_sched:
+            what = (f"{s.label()} set it at {where(sfile, sline)}, and other code changed it ({values}) "
+                    "before the optimizer stepped")
         else:
-            _outside(chk, o, g, before, now, ev.step, ev.file, ev.line)
+            what = (f"it changed ({values}) between two optimizer steps with no scheduler step in between, "
+                    f"while {s.label()} (stepped at {where(sfile, sline)}) drives it")
+        chk.add("lr-conflict", ev.step, ev.file, ev.line, lambda: (
+            f"{who} stepped with a changed LR at optimizer step {ev.step} ({at}), but {what}. The scheduler "
+            "computes its next LR from its own state (or from the LR it finds), so the two writers fight and "
+            "the schedule is neither. Let one of them own the LR: drop the manual param_groups write, or fold "
+            "it into the scheduler (LambdaLR, SequentialLR)."), opt=o.index, sched=s.index, group=g)
+    elif o.written is None and any(x.first_seq is not None and x.cls != PLATEAU for x in o.scheds):
+        # A scheduler exists but has not stepped in this run (a resumed run): whether the write
+        # lasts is known at its next step.
+        o.written = (changed, exp, lrs, ev.step, ev.file, ev.line)
+    else:
+        _outside(chk, o, changed, exp, lrs, ev.step, ev.file, ev.line)
 
 
-def _outside(chk, o: OptState, g: int, before, now, step, file, line) -> None:
-    at = where(file, line)
+def _values(o: OptState, changed: list[int], exp: tuple, lrs: tuple) -> str:
+    g = changed[0]
+    if len(changed) == 1:
+        return f"from {fmt(exp[g])} to {fmt(lrs[g])}"
+    if len(changed) <= 4:
+        return "; ".join(f"{o.group_label(c)} from {fmt(exp[c])} to {fmt(lrs[c])}" for c in changed)
+    return f"{o.group_label(g)} from {fmt(exp[g])} to {fmt(lrs[g])}, and so on"
+
+
+def _outside(chk, o: OptState, changed: list[int], exp: tuple, lrs: tuple, step, file, line) -> None:
+    at, who, values = where(file, line), o.groups_label(changed), _values(o, changed, exp, lrs)
     chk.add("lr-changed-outside-scheduler", step, file, line, lambda: (
-        f"{o.group_label(g)} of {o.label()}: the LR changed from {fmt(before)} to {fmt(now)} before "
-        f"optimizer step {step} ({at}) without any scheduler step: a hand-written schedule "
-        "writes param_groups. Fine on its own; lrdebug records the LR each step used."),
-        opt=o.index, group=g)
+        f"{who}: the LR changed ({values}) before optimizer step {step} ({at}) without any scheduler "
+        "step: a hand-written schedule writes param_groups. Fine on its own; lrdebug records the LR each "
+        "step used."), opt=o.index, group=changed[0])
 
 
 @listens("lr-conflict", "lr-changed-outside-scheduler", on="scheduler_after_lr_write")
@@ -195,17 +205,19 @@ def write_undone(chk, o: OptState, s: SchedState, ev: Event) -> None:
     """An LR written while a scheduler waited (after a resume), judged at that scheduler's next step:
     brought back towards where it was (a closed-form schedule recomputing from base_lrs), the write
     lasted until then and the two fight; kept (a chainable schedule continuing from it), it was a change."""
-    g, before, now, step, file, line = o.written
+    changed, exp, lrs, step, file, line = o.written
     o.written = None
+    g = changed[0]
+    before, now = exp[g], lrs[g]
     after = as_float(ev.lrs[g]) if g < len(ev.lrs) else None
     a, b = as_float(before), as_float(now)
     if after is None or a is None or b is None or min(after, a, b) <= 0 or abs(math.log(after / a)) >= abs(
             math.log(after / b)):
-        _outside(chk, o, g, before, now, step, file, line)
+        _outside(chk, o, changed, exp, lrs, step, file, line)
         return
     at, sat = where(file, line), where(ev.file, ev.line)
     chk.add("lr-conflict", step, file, line, lambda: (
-        f"{o.group_label(g)} of {o.label()}: other code wrote lr={fmt(now)} (it was {fmt(before)}), first used "
+        f"{o.groups_label(changed)}: other code wrote lr={fmt(now)} (it was {fmt(before)}), first used "
         f"at optimizer step {step} ({at}), and the next step of {s.label()} ({sat}) set it back to "
         f"{fmt(after)}, on its own schedule: the write lasted until then. {s.cls} computes its LR from its own "
         "state (base_lrs and its position), not from the LR it finds. To change the LR of a resumed run, "
@@ -217,9 +229,9 @@ def write_undone(chk, o: OptState, s: SchedState, ev: Event) -> None:
 def write_never_judged(chk) -> None:
     for o in chk.opts.values():
         if o.written is not None:
-            g, before, now, step, file, line = o.written
+            changed, exp, lrs, step, file, line = o.written
             o.written = None
-            _outside(chk, o, g, before, now, step, file, line)
+            _outside(chk, o, changed, exp, lrs, step, file, line)
 
 
 # ------------------------------------------------------------------------------ the schedule's arguments

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from .finding import Finding
+from .labels import group_label, groups_text, optimizer_label
 
 # "Many" optimizer steps: below this, a scheduler that has not stepped yet may simply be a
 # per-epoch scheduler whose first epoch has not ended (scheduler-never-stepped, -orphaned).
@@ -74,12 +75,13 @@ class OptState:
     __slots__ = ("index", "cls", "names", "applied", "skipped", "last_seq", "expected", "from_sched", "driven",
                  "last_sched", "in_epoch", "epoch_mark", "epochs", "restored", "load_seq", "load_lrs", "scheds",
                  "touched", "past", "last_user", "prev_skipped", "after_skip", "pairs", "last_sched_site", "params_key",
-                 "written")
+                 "written", "tag")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.cls = "optimizer"
         self.names: tuple = ()
+        self.tag = optimizer_label(None, index)  # its name in messages (labels.optimizer_label), set at registration
         self.applied = 0  # optimizer_step events
         self.skipped = 0  # optimizer_step_skipped events
         self.last_seq = -1  # seq of the last step (applied or skipped)
@@ -105,15 +107,20 @@ class OptState:
         self.written: tuple | None = None  # an LR written by other code, watched until a scheduler steps
 
     def label(self) -> str:
-        return f"optimizer {self.index} ({self.cls})"
+        """``AdamW``, ``Adam-1``: as every report names it (``labels.optimizer_label``)."""
+        return self.tag
 
     def resumed(self) -> bool:
         """Its state, or a scheduler's constructor, says it had stepped before this run."""
         return bool(as_count(self.restored) or any(as_count(s.init_value) for s in self.scheds))
 
     def group_label(self, g: int) -> str:
-        name = self.names[g] if g < len(self.names) else None
-        return f"group {g}" + (f" '{name}'" if name else "")
+        """The group's ``name``, else ``AdamW/pg1`` (group 0): as every report names it."""
+        return group_label(self.tag, self.names[g] if g < len(self.names) else None, g)
+
+    def groups_label(self, groups) -> str:
+        """Several groups in one sentence (``labels.groups_text``)."""
+        return groups_text([self.group_label(g) for g in groups])
 
 
 class SchedState:

@@ -10,6 +10,7 @@ import math
 import re
 from typing import Any
 
+NO_STEPS = "no optimizer steps were recorded"  # model.NO_STEPS, the note; renderers show it as a headline
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -84,3 +85,45 @@ def damage_lines(d: dict[str, Any], f: dict[str, Any]) -> list[str]:
     labels = {g.get("group", g.get("index")): g.get("label") for o in d.get("optimizers") or []
               if o.get("index") == f.get("optimizer") for g in o.get("groups") or []}
     return damage_line(intended, lambda g: labels.get(g) or f"group {g}")
+
+
+def versions_text(trace: dict[str, Any]) -> str:
+    return (f"torch {trace.get('torch_version') or '?'} · lrdebug {trace.get('lrdebug_version') or '?'} · "
+            f"Python {trace.get('python_version') or '?'}")
+
+
+def frameworks_text(trace: dict[str, Any]) -> str:
+    """The packages whose code called optimizer.step() & co. (``lightning 2.4.0``), or ""."""
+    return ", ".join(f"{name} {version}" for name, version in (trace.get("frameworks") or {}).items())
+
+
+def share_text(tm: dict[str, Any]) -> str:
+    """The share of an iteration spent in the optimizer step (and waiting for data), as a sentence."""
+    step = f"optimizer step {fmt_pct(tm['step_share'])} of an iteration"
+    if tm.get("step_closure"):
+        step += " (step() ran a closure, so this includes the forward and backward passes)"
+    if tm.get("data_wait_share") is not None:
+        wait = f"waiting for data {fmt_pct(tm['data_wait_share'])}"
+    else:
+        wait = "data wait not measured (no DataLoader iterated in the trace)"
+    return f"{step[0].upper()}{step[1:]}; {wait}."
+
+
+def short_label(label: str, optimizer: str) -> str:
+    """A group's label inside its optimizer's own table cell: ``pg1`` for ``AdamW/pg1``, a name as it is."""
+    prefix = optimizer + "/"
+    return label[len(prefix):] if label.startswith(prefix) else label
+
+
+def last_lrs_text(groups: list[dict[str, Any]], last_lr: list[Any], optimizer: str, most: int = 4) -> str:
+    """A rank's last LR per group, each named: one value when every group ends at the same LR."""
+    values = [fmt_lr(v) for v in last_lr]
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return values[0]
+    if len(set(values)) == 1:
+        return f"{values[0]} (all {len(values)} groups)"
+    names = [short_label(g.get("label") or f"pg{i + 1}", optimizer) for i, g in enumerate(groups)]
+    lines = [f"{clean(n)} {v}" for n, v in zip(names, values)]
+    return "\n".join(lines[:most] + ([f"… {len(lines) - most} more"] if len(lines) > most else []))

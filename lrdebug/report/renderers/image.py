@@ -2,7 +2,9 @@
 
 One panel per optimizer; skipped steps (red ticks at the bottom), finding steps (labelled lines) and
 epoch starts (grey lines) are marked; ``eff_lr`` is drawn as dots when updates were sampled. The y
-axis is logarithmic when the positive LRs span more than two decades. Uses matplotlib's object API
+axis is logarithmic when the positive LRs span more than two decades (symmetric-log, linear near 0,
+when a step used LR 0, so that step stays on the plot). Each step's LR is a level one step wide, the
+last step's included; the x axis ticks integer steps only. Uses matplotlib's object API
 with the Agg canvas (no pyplot, no global backend switch).
 """
 
@@ -17,6 +19,11 @@ from .base import clean
 
 
 def plot_report(report, out: Path) -> None:
+    figure(report).savefig(out)
+
+
+def figure(report):
+    """The matplotlib Figure of ``lrdebug plot`` (one panel per optimizer)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -31,26 +38,30 @@ def plot_report(report, out: Path) -> None:
     fig.suptitle(f"Learning rate per optimizer step: {title}", fontsize=11)
     for ax, opt in zip(axes, optimizers):
         _panel(ax, report, d, opt, curves, samples)
-    fig.savefig(out)
+    return fig
 
 
 def _panel(ax, report, d, opt: int, curves, samples) -> None:
     label = next((o["label"] for o in d["optimizers"] if o["index"] == opt), f"optimizer {opt}")
+    from matplotlib.ticker import MaxNLocator
+
     ax.set_title(clean(label), fontsize=10, loc="left")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
     positive = []
-    drawn = False
+    drawn = zeros = False
     for (o, g), (x, lo, hi, size) in curves.items():
         if o != opt or not len(x):
             continue
         name = clean(report.label(o, g))
-        if size == 1:
-            (line,) = ax.plot(x, lo, drawstyle="steps-post", lw=1.4, label=name)
+        if size == 1:  # each step's LR a level from step - 0.5 to step + 0.5, the last one included
+            xs = np.append(x - 0.5, x[-1] + 0.5)
+            (line,) = ax.plot(xs, np.append(lo, lo[-1]), drawstyle="steps-post", lw=1.4, label=name)
         else:
             (line,) = ax.plot(x, (lo + hi) / 2, lw=1.2, label=name)
             ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.3, lw=0)
         positive += [lo[lo > 0], hi[hi > 0]]
+        zeros = zeros or bool((lo <= 0).any())
         drawn = True
         s = samples.get((o, g))
         if s is not None and "eff_lr" in s and np.isfinite(s["eff_lr"]).any():
@@ -63,7 +74,12 @@ def _panel(ax, report, d, opt: int, curves, samples) -> None:
         return
     values = np.concatenate(positive) if positive else np.empty(0)
     if len(values) and values.max() / values.min() > 100:
-        ax.set_yscale("log")
+        if zeros:  # log above the smallest positive LR, linear below it: a step at LR 0 stays on the plot
+            ax.set_yscale("symlog", linthresh=float(values.min()), linscale=0.3)
+            ax.set_ylim(bottom=0)
+        else:
+            ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     epochs = sorted(set(report.epoch_steps(opt)))[1:]
     if epochs and len(epochs) <= 200:
         ax.vlines([e + 1 for e in epochs], 0, 1, transform=ax.get_xaxis_transform(), colors="0.8", lw=0.8,

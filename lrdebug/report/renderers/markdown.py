@@ -5,7 +5,19 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .base import clean, damage_lines, fmt_lr, fmt_ns, fmt_pct, scheduler_text, status_line, where
+from .base import (
+    NO_STEPS,
+    clean,
+    damage_lines,
+    fmt_lr,
+    fmt_ns,
+    frameworks_text,
+    scheduler_text,
+    share_text,
+    status_line,
+    versions_text,
+    where,
+)
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
 
@@ -29,7 +41,9 @@ def markdown(report) -> str:
     started = md(t["start"] or "—") + (f" (duration {t['duration_s']:.1f} s)" if t["duration_s"] is not None else "")
     lines.append(f"- **Started:** {started}")
     lines.append(f"- **Ranks:** {', '.join(str(r) for r in d['ranks']) or '—'}")
-    lines.append(f"- **Versions:** torch {md(t['torch_version'] or '?')}, lrdebug {md(t['lrdebug_version'] or '?')}")
+    lines.append(f"- **Versions:** {md(versions_text(t))}")
+    if frameworks_text(t):
+        lines.append(f"- **Framework:** {md(frameworks_text(t))} (called optimizer.step())")
     lines.append(f"- **Trace:** {md(status_line(t))}")
     lines.append("")
     if not any(g["steps"] for o in d["optimizers"] for g in o["groups"]):
@@ -57,10 +71,10 @@ def markdown(report) -> str:
         if rows:
             lines += [f"#### Step time: {md(label)}", ""]
             lines += _md_table(["", "p50", "p95", "max"], rows)
-            lines += [f"Optimizer step {fmt_pct(tm['step_share'])} of an iteration, "
-                      f"waiting for data {fmt_pct(tm['data_wait_share'])}.", ""]
+            lines += [md(share_text(tm)), ""]
     for note in d["notes"]:
-        lines += [f"> note: {md(note)}", ""]
+        if note != NO_STEPS:  # said above, in bold
+            lines += [f"> note: {md(note)}", ""]
     return "\n".join(lines)
 
 

@@ -5,7 +5,6 @@ Strings from the trace go through ``base.clean`` into rich ``Text`` objects, nev
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable
 
 from rich.console import Group
@@ -13,7 +12,22 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .base import clean, damage_lines, fmt_lr, fmt_ns, fmt_pct, scheduler_text, source_text, status_line, where
+from .base import (
+    NO_STEPS,
+    clean,
+    damage_lines,
+    fmt_lr,
+    fmt_ns,
+    frameworks_text,
+    last_lrs_text,
+    scheduler_text,
+    share_text,
+    source_text,
+    status_line,
+    versions_text,
+    where,
+)
+from .termchart import draw
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -37,9 +51,9 @@ def renderables(report, width: int) -> Iterable[Any]:
                 yield T(f"(no LR chart for {o['label']}: {type(exc).__name__}: {exc})", "yellow")
                 continue
             if chart is not None:
-                title = Text.assemble("LR schedule: ", T(o["label"]), " (vertical lines: epoch starts)"
-                                      if report.epoch_steps(o["index"]) else "")
-                yield Panel(chart, title=title, title_align="left", expand=False)
+                title = Text.assemble("LR schedule: ", T(o["label"]),
+                                      " (vertical lines: epoch starts)" if chart.epoch_lines else "")
+                yield Panel(chart.text, title=title, title_align="left", expand=False)
         updates = _updates_table(d)
         if updates is not None:
             yield updates
@@ -48,7 +62,8 @@ def renderables(report, width: int) -> Iterable[Any]:
     if len(d["ranks"]) > 1:
         yield _ranks_table(d)
     for note in d["notes"]:
-        yield T(f"note: {note}", "yellow")
+        if note != NO_STEPS:  # said above, as the headline
+            yield T(f"note: {note}", "yellow")
 
 
 def _header(d: dict[str, Any]) -> Panel:
@@ -66,8 +81,9 @@ def _header(d: dict[str, Any]) -> Panel:
     if t["world_size"]:
         ranks += f"  (world size {t['world_size']})"
     grid.add_row("Ranks", T(ranks))
-    grid.add_row("Versions", T(f"torch {t['torch_version'] or '?'} · lrdebug {t['lrdebug_version'] or '?'} · "
-                               f"Python {t['python_version'] or '?'}"))
+    grid.add_row("Versions", T(versions_text(t)))
+    if frameworks_text(t):
+        grid.add_row("Framework", T(frameworks_text(t) + " (called optimizer.step())"))
     status = status_line(t)
     grid.add_row("Status", T(status, "green" if t["complete"] else "bold red"))
     grid.add_row("Rows", T(f"{t['rows']:,} in {t['parts']} part(s)"))
@@ -77,57 +93,22 @@ def _header(d: dict[str, Any]) -> Panel:
 def _lr_table(d: dict[str, Any]) -> Table:
     table = Table(title="Learning rate per param group", title_justify="left")
     for name, just in (("Group", "left"), ("Steps", "right"), ("Skipped", "right"), ("First LR", "right"),
-                       ("Min", "right"), ("Max", "right"), ("Last LR", "right"), ("Scheduler(s)", "left")):
+                       ("Min", "right"), ("Max", "right"), ("Last LR", "right")):
         table.add_column(name, justify=just)
+    table.add_column("Scheduler(s)")
     for o in d["optimizers"]:
-        for i, g in enumerate(o["groups"]):
+        for g in o["groups"]:
             table.add_row(T(g["label"]), str(g["steps"]), str(g["skipped"]), fmt_lr(g["first_lr"]),
                           fmt_lr(g["min_lr"]), fmt_lr(g["max_lr"]), fmt_lr(g["last_lr"]),
-                          T(scheduler_text(d, o["index"])) if i == 0 else "")
+                          T(scheduler_text(d, o["index"])))
     return table
 
 
-def lr_chart(report, optimizer: int, width: int, height: int = 14) -> Text | None:
-    """The LR curves of one optimizer's groups drawn by plotext, with epoch starts as vertical lines."""
-    try:
-        import plotext as plt
-    except ImportError:
-        return None
-    curves = {k: v for k, v in report.curves(max_points=2 * width).items() if k[0] == optimizer and len(v[0])}
-    if not curves:
-        return None
-    lo = min(float(v[1][v[1] > 0].min()) if (v[1] > 0).any() else math.inf for v in curves.values())
-    hi = max(float(v[2][v[2] > 0].max()) if (v[2] > 0).any() else 0.0 for v in curves.values())
-    log = math.isfinite(lo) and hi / lo > 100
-    plt.clear_figure()
-    plt.plotsize(width, height)
-    plt.theme("clear")
-    colors = ["blue", "red", "green", "magenta", "cyan", "yellow", "orange", "gray"]
-    x_max = 1
-    for n, ((o, g), (x, ymin, ymax, size)) in enumerate(list(curves.items())[:8]):
-        if size == 1:  # exact: the LR holds from its step to the next
-            xs = [float(v) + d for v in x for d in (0, 1)]
-            ys = [float(v) for v in ymin for _ in (0, 1)]
-        else:  # an outline: the range of each bucket
-            xs = [float(v) for v in x for _ in (0, 1)]
-            ys = [float(v) for pair in zip(ymin, ymax) for v in pair]
-        if log:
-            xs, ys = zip(*[(a, b) for a, b in zip(xs, ys) if b > 0]) if any(b > 0 for b in ys) else ([], [])
-        plt.plot(list(xs), list(ys), label=clean(report.label(o, g))[:30], marker="braille",
-                 color=colors[n % len(colors)])
-        x_max = max(x_max, int(x[-1]) + size - 1)
-    if log:
-        plt.yscale("log")
-        decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-        plt.yticks([10.0 ** e for e in decades], [f"1e{e}" for e in decades])
-    epochs = sorted(set(report.epoch_steps(optimizer)))
-    if 1 < len(epochs) <= 60:
-        for s in epochs[1:]:
-            plt.vline(s + 1, "gray")
-    ticks = sorted({1, *[round(1 + i * (x_max - 1) / 4) for i in range(5)]})
-    plt.xticks(ticks, [str(t) for t in ticks])
-    plt.xlabel("optimizer step" + (f"  ({len(epochs)} epochs)" if len(epochs) > 1 else ""))
-    return Text.from_ansi(plt.build())
+def lr_chart(report, optimizer: int, width: int, height: int = 14):
+    """The LR curves of one optimizer's groups (``termchart.Chart``), epoch starts as vertical lines."""
+    curves = [(report.label(o, g), c) for (o, g), c in report.curves(max_points=2 * width).items()
+              if o == optimizer]
+    return draw(curves, report.epoch_steps(optimizer), width, height)
 
 
 def _updates_table(d: dict[str, Any]) -> Table | None:
@@ -189,8 +170,7 @@ def _timing(d: dict[str, Any]) -> Iterable[Any]:
                 table.add_row(name, approx + fmt_ns(dist["p50"]), approx + fmt_ns(dist["p95"]), fmt_ns(dist["max"]),
                               f"{dist['n']:,}")
         yield table
-        yield Text(f"Share of an iteration: optimizer step {fmt_pct(t['step_share'])}, "
-                   f"waiting for data {fmt_pct(t['data_wait_share'])}")
+        yield Text(share_text(t))
         if t["slowest"]:
             slow = Table(title="Slowest steps", title_justify="left")
             for name in ("step", "iteration", "optimizer step", "data wait"):
@@ -215,7 +195,7 @@ def _ranks_table(d: dict[str, Any]) -> Table:
         for o in d["optimizers"]:
             e = next((x for x in o.get("ranks", []) if x["rank"] == r), None)
             cells += [str(e["steps"]) if e else "—",
-                      " ".join(fmt_lr(v) for v in e["last_lr"][:4]) if e else "—"]
+                      T(last_lrs_text(o["groups"], e["last_lr"], o["label"])) if e else "—"]
         table.add_row(*cells)
     return table
 
