@@ -374,21 +374,13 @@ class Launch:
                 found.append(entry.name)
         return found
 
-    def print_summary(self) -> None:
-        found = self.children()
-        if not found:
+    def print_summary(self, interrupted: bool = False) -> None:
+        """The job's one end-of-run summary (``record/summary.py``): this process's partition, its
+        children's and, under torchrun, the sibling ranks' (printed by local rank 0 alone)."""
+        if self.rec is None or self.out is None:
             return
-        from ..tracefile.schema import read_status
+        if self.rec._error_reported and not self.children():
+            return  # the line reporting the failure said it all
+        from . import summary
 
-        counts: dict[str, int] = {}
-        for name in found:
-            rank_dirs = [self.out / name] if name.startswith("rank=") else sorted((self.out / name).glob("rank=*"))
-            for rank_dir in rank_dirs:
-                for f in (read_status(rank_dir) or {}).get("findings") or []:
-                    severity = f.get("severity") if isinstance(f, dict) else None
-                    if severity in ("error", "warning"):
-                        counts[severity] = counts.get(severity, 0) + 1
-        shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
-        verdict = ", ".join(f"{n} {sev}(s)" for sev, n in sorted(counts.items())) or "no warnings"
-        print(f"lrdebug: processes started by the target recorded too: {shown} ({verdict})",
-              file=sys.stderr, flush=True)
+        summary.print_summary(self.rec.path, ignore=self.rec.ignore, wait_s=0.0 if interrupted else None)

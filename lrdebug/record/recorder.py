@@ -812,25 +812,10 @@ class Recorder:
 
 
 def print_summary(rec: Recorder, findings: list[Finding]) -> None:
-    """One screen on stderr at the end: where the trace is and what was found."""
+    """The job's one summary on stderr at the end (``record/summary.py``): where the trace is and
+    what every rank found, printed by the process the user started or local rank 0 alone."""
     if rec._error_reported:
         return  # the one line reporting the failure already said it all; findings would be partial
-    try:
-        lines = [f"lrdebug: trace written to {rec.path}" + ("" if not rec.incomplete else f" (incomplete: {rec.incomplete})")]
-        shown = [f for f in findings if f.code not in rec.ignore]
-        order = {"error": 0, "warning": 1, "info": 2}
-        shown.sort(key=lambda f: (order.get(f.severity, 3), f.step or 0))
-        if shown:
-            lines.append(f"lrdebug: {len(shown)} finding(s):")
-            for f in shown[:12]:
-                where = f" at {f.file}:{f.line}" if f.file else ""
-                where += f" via {f.framework}" if f.framework else ""
-                lines.append(f"  {f.severity:7} {f.code}{where} (x{f.count}): {f.message.splitlines()[0][:160]}")
-            if len(shown) > 12:
-                lines.append(f"  ... and {len(shown) - 12} more: lrdebug report {rec.path}")
-        else:
-            lines.append("lrdebug: no findings")
-        print("\n".join(lines), file=sys.stderr, flush=True)
-    except Exception:  # noqa: BLE001
-        pass
+    from . import summary
 
+    summary.print_summary(rec.path, ignore=rec.ignore)
