@@ -167,11 +167,14 @@ def _where(f: dict[str, Any]) -> str:
     return where
 
 
-def _wrap(text: str, columns: int, indent: str) -> list[str]:
+def _wrap(text: str, columns: int, indent: str, then: str | None = None) -> list[str]:
+    """``text`` wrapped to ``columns``; a word longer than a line (a path) overflows, never breaks."""
+    then = " " * len(indent) if then is None and indent.strip() else indent if then is None else then
     lines = []
     for para in str(text).splitlines() or [""]:
         lines += textwrap.wrap(para, width=max(columns, len(indent) + 20), initial_indent=indent,
-                               subsequent_indent=indent, break_long_words=False, break_on_hyphens=False) or [indent]
+                               subsequent_indent=then, break_long_words=False, break_on_hyphens=False) or [indent]
+        indent = then
     return lines
 
 
@@ -188,23 +191,24 @@ def render(root: Path, statuses: dict[int, dict[str, Any]], findings: list[dict[
     head = f"lrdebug: trace written to {root}"
     if len(ranks) > 1 or missing or (ranks and ranks != [0]):
         head += f" (rank{'s' if len(ranks) != 1 else ''} {_ranks_text(ranks)})" if ranks else " (no rank recorded)"
-    lines = [head]
+    lines = _wrap(head[len("lrdebug: "):], columns, "lrdebug: ")
     for r, reason in incomplete:
         lines += _wrap(f"rank {r} is incomplete: {reason or 'unknown reason'}", columns, "lrdebug: ")
     if shown:
         scope = f" over ranks {_ranks_text(ranks)}" if len(ranks) > 1 else ""
-        lines.append(f"lrdebug: {_plural(len(shown), 'finding')}{scope}: {_counts(shown)}")
+        lines += _wrap(f"{_plural(len(shown), 'finding')}{scope}: {_counts(shown)}", columns, "lrdebug: ")
         for f in shown[:SHOWN]:
             on = ""
             if len(ranks) > 1 and f.get("ranks") and sorted(f["ranks"]) != ranks:
                 on = f", rank{'s' if len(f['ranks']) != 1 else ''} {_ranks_text(sorted(f['ranks']))} only"
             lines += _wrap(f"{f.get('severity', 'info'):7} {f.get('code')}{_where(f)} (x{f.get('count') or 1}{on})",
-                           columns, "  ")
+                           columns, "  ", "          ")
             lines += _wrap(str(f.get("message") or ""), columns, "      ")
         if len(shown) > SHOWN:
-            lines.append(f"  ... and {len(shown) - SHOWN} more: lrdebug report {root}")
+            lines += _wrap(f"... and {len(shown) - SHOWN} more: lrdebug report {root}", columns, "  ")
     else:
-        lines.append("lrdebug: no findings" + (f" over ranks {_ranks_text(ranks)}" if len(ranks) > 1 else ""))
+        lines += _wrap("no findings" + (f" over ranks {_ranks_text(ranks)}" if len(ranks) > 1 else ""), columns,
+                       "lrdebug: ")
     pending = [f"rank {r} (no partition yet)" for r in missing] + [
         f"{r if isinstance(r, str) else f'rank {r}'} (still running)" for r in running]
     if pending:
