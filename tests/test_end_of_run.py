@@ -49,10 +49,14 @@ def jobs(tmp_path_factory):
     cmds = {
         "module": _torchrun("-m", "lrdebug", "run", "--out", "module", script, "--rank1-extra"),
         "no_python": _torchrun("--no-python", LRDEBUG, "run", "--out", "no_python", script, "--rank1-extra"),
+        # a console script on PATH, run by `lrdebug run` itself: the ranks are its hooked children
+        "console": [LRDEBUG, "run", "--out", "console", "torchrun", "--standalone", "--nproc-per-node", "2",
+                    script, "--rank1-extra"],
         "lightning": [LRDEBUG, "run", "--out", "lightning", str(SCRIPTS / "lightning_like.py"),
                       "--rank1-delay", "1.5"],
     }
-    procs = {name: subprocess.Popen(cmd, cwd=base, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    env = _env(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    procs = {name: subprocess.Popen(cmd, cwd=base, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True) for name, cmd in cmds.items()}
     results = {}
     try:
@@ -84,7 +88,7 @@ def _report(trace: Path) -> dict:
     return json.loads(proc.stdout)
 
 
-@pytest.mark.parametrize("name", ["module", "no_python", "lightning"])
+@pytest.mark.parametrize("name", ["module", "no_python", "console", "lightning"])
 def test_one_summary_per_job_covering_every_rank(jobs, name):
     proc, trace = jobs[name]
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -96,7 +100,7 @@ def test_one_summary_per_job_covering_every_rank(jobs, name):
         assert line.count("lrdebug:") <= 1, line
 
 
-@pytest.mark.parametrize("name", ["module", "no_python", "lightning"])
+@pytest.mark.parametrize("name", ["module", "no_python", "console", "lightning"])
 def test_counts_match_the_report(jobs, name):
     proc, trace = jobs[name]
     report = _report(trace)
