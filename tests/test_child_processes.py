@@ -69,7 +69,7 @@ def test_children_that_cannot_or_need_not_record_run_as_they_would(children):
 def test_nothing_is_left_behind(children):
     proc, report, _ = children
     assert not Path(report["hook_path"]).exists()
-    assert "lrdebug: a process started by the target recorded a trace of its own: " in proc.stderr
+    assert "lrdebug: processes started by the target recorded traces of their own: child-" in proc.stderr
     assert proc.stderr.count("lrdebug: trace written to") == 1  # one summary for the whole run
 
 

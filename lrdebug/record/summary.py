@@ -216,11 +216,19 @@ def render(root: Path, statuses: dict[int, dict[str, Any]], findings: list[dict[
                        f"once they end: lrdebug report {root}", columns, "lrdebug: ")
     for note in notes:
         lines += _wrap(note, columns, "lrdebug: ")
-    for child in children:
-        child_status = {r: s for r, s in ((r, read_status(d)) for r, d in _rank_dirs(child).items()) if s}
-        found = [f for f in merge_stored(child_status) if f.get("code") not in ignore]
-        lines += _wrap(f"a process started by the target recorded a trace of its own: {child} "
-                       f"(findings: {_counts(found)}; lrdebug report {child})", columns, "lrdebug: ")
+    if children:
+        described = []
+        for child in children:
+            child_status = {r: s for r, s in ((r, read_status(d)) for r, d in _rank_dirs(child).items()) if s}
+            found = [f for f in merge_stored(child_status) if f.get("code") not in ignore]
+            described.append(child.name + (f" ({_counts(found)})" if found else ""))
+        more = f" and {len(described) - 8} more" if len(described) > 8 else ""
+        plural = len(children) != 1
+        lines += _wrap(f"{'processes' if plural else 'a process'} started by the target recorded "
+                       f"{'traces' if plural else 'a trace'} of {'their' if plural else 'its'} own: "
+                       f"{', '.join(described[:8])}{more}"
+                       f"{'' if any('(' in d for d in described) else ' (no findings)'}; "
+                       f"lrdebug report {children[0].parent}/{CHILD_PREFIX}<pid>", columns, "lrdebug: ")
     return "\n".join(lines)
 
 
