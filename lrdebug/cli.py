@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     diff = sub.add_parser("diff", help="first step where two traces' learning rates differ")
     diff.add_argument("trace_a")
     diff.add_argument("trace_b")
+    diff.add_argument("--rank", type=_non_negative, default=None, metavar="R",
+                      help="compare rank R alone (default: every rank both traces have)")
     diff.add_argument("--format", choices=["text", "json"], default="text")
 
     plot = sub.add_parser("plot", help="plot the LR schedule to an image (needs lrdebug[plot])")
@@ -310,7 +312,7 @@ def diff_command(args) -> int:
 
     from .report import diff_traces
 
-    result = diff_traces(args.trace_a, args.trace_b)
+    result = diff_traces(args.trace_a, args.trace_b, rank=args.rank)
     for side in ("a", "b"):
         for note in result["skipped_parts"][side]:
             print(f"lrdebug diff: skipped unreadable part of {side.upper()}: {note}", file=sys.stderr)
