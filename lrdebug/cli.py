@@ -153,7 +153,7 @@ def run_command(args: argparse.Namespace) -> int:
     from .record import trace
 
     t = trace(out=args.out, strict=args.strict, ignore=args.ignore, sample_updates=args.sample_updates,
-              cuda_timing=args.cuda_timing, summary=False)  # the job's one summary is the launch's, below
+              cuda_timing=args.cuda_timing)  # its close prints the job's one summary, children included
     launch = child.Launch(t, strict=args.strict, ignore=args.ignore, sample_updates=args.sample_updates,
                           cuda_timing=args.cuda_timing)  # the processes the target starts are recorded too
 
@@ -165,7 +165,6 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         sys.path[0] = os.getcwd()
     status = 0
-    interrupted = False
     try:
         with t, launch:
             try:
@@ -181,13 +180,11 @@ def run_command(args: argparse.Namespace) -> int:
     except SystemExit as e:
         status = _exit_status(e.code)
     except KeyboardInterrupt:
-        interrupted = True
         raise  # Python prints it and dies by SIGINT, as the script alone would
     finally:
         sys.argv = saved_argv
         if saved_path0 is not None:
             sys.path[0] = saved_path0
-        launch.print_summary(interrupted)
     return status
 
 

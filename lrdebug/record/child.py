@@ -373,14 +373,3 @@ class Launch:
             if entry.name.startswith("rank=") or entry.name.startswith(CHILD_PREFIX):
                 found.append(entry.name)
         return found
-
-    def print_summary(self, interrupted: bool = False) -> None:
-        """The job's one end-of-run summary (``record/summary.py``): this process's partition, its
-        children's and, under torchrun, the sibling ranks' (printed by local rank 0 alone)."""
-        if self.rec is None or self.out is None:
-            return
-        if self.rec._error_reported and not self.children():
-            return  # the line reporting the failure said it all
-        from . import summary
-
-        summary.print_summary(self.rec.path, ignore=self.rec.ignore, wait_s=0.0 if interrupted else None)

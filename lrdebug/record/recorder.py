@@ -293,7 +293,7 @@ class Recorder:
         if self.writer is not None:
             self.writer.close(reason, [f.to_dict() for f in findings])
         if self.summary:
-            print_summary(self, findings)
+            print_summary(self, findings, exc)
         if exc is None:
             self._warn_end_of_run(findings)
 
@@ -811,11 +811,14 @@ class Recorder:
 
 
 
-def print_summary(rec: Recorder, findings: list[Finding]) -> None:
+def print_summary(rec: Recorder, findings: list[Finding], exc: BaseException | None = None) -> None:
     """The job's one summary on stderr at the end (``record/summary.py``): where the trace is and
-    what every rank found, printed by the process the user started or local rank 0 alone."""
+    what every rank found, printed by the process the user started or local rank 0 alone. After
+    Ctrl-C or a termination signal it waits for no other rank."""
     if rec._error_reported:
         return  # the one line reporting the failure already said it all; findings would be partial
     from . import summary
 
-    summary.print_summary(rec.path, ignore=rec.ignore)
+    stopped = (exc is not None and not isinstance(exc, (Exception, SystemExit))) or \
+        str(rec.incomplete or "").startswith("terminated by")
+    summary.print_summary(rec.path, ignore=rec.ignore, wait_s=0.0 if stopped else None)

@@ -191,9 +191,10 @@ def render(root: Path, statuses: dict[int, dict[str, Any]], findings: list[dict[
     head = f"lrdebug: trace written to {root}"
     if len(ranks) > 1 or missing or (ranks and ranks != [0]):
         head += f" (rank{'s' if len(ranks) != 1 else ''} {_ranks_text(ranks)})" if ranks else " (no rank recorded)"
-    lines = _wrap(head[len("lrdebug: "):], columns, "lrdebug: ")
+    lines = [head]  # not wrapped: the path stays whole on the line, for copying
     for r, reason in incomplete:
-        lines += _wrap(f"rank {r} is incomplete: {reason or 'unknown reason'}", columns, "lrdebug: ")
+        who = "the trace is" if len(statuses) == 1 else f"rank {r} is"
+        lines += _wrap(f"{who} incomplete: {reason or 'unknown reason'}", columns, "lrdebug: ")
     if shown:
         scope = f" over ranks {_ranks_text(ranks)}" if len(ranks) > 1 else ""
         lines += _wrap(f"{_plural(len(shown), 'finding')}{scope}: {_counts(shown)}", columns, "lrdebug: ")
