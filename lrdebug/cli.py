@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     diff = sub.add_parser("diff", help="first step where two traces' learning rates differ")
     diff.add_argument("trace_a")
     diff.add_argument("trace_b")
+    diff.add_argument("--rank", type=_non_negative, default=None, metavar="R",
+                      help="compare rank R alone (default: every rank both traces have)")
     diff.add_argument("--format", choices=["text", "json"], default="text")
 
     plot = sub.add_parser("plot", help="plot the LR schedule to an image (needs lrdebug[plot])")
@@ -131,9 +133,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.module is None:
         if not target:
             raise CommandError("nothing to run: give a script (lrdebug run train.py) or a module (-m pkg.mod)")
-        script = target[0]
-        if not os.path.isfile(script):
-            raise CommandError(f"{script}: no such file")
+        script = _resolve_script(target[0])
         argv = [script] + target[1:]
     else:
         argv = [args.module] + target
@@ -153,7 +153,7 @@ def run_command(args: argparse.Namespace) -> int:
     from .record import trace
 
     t = trace(out=args.out, strict=args.strict, ignore=args.ignore, sample_updates=args.sample_updates,
-              cuda_timing=args.cuda_timing)
+              cuda_timing=args.cuda_timing)  # its close prints the job's one summary, children included
     launch = child.Launch(t, strict=args.strict, ignore=args.ignore, sample_updates=args.sample_updates,
                           cuda_timing=args.cuda_timing)  # the processes the target starts are recorded too
 
@@ -185,8 +185,45 @@ def run_command(args: argparse.Namespace) -> int:
         sys.argv = saved_argv
         if saved_path0 is not None:
             sys.path[0] = saved_path0
-        launch.print_summary()
     return status
+
+
+def _resolve_script(name: str) -> str:
+    """The file to run: ``name`` itself, or, as a shell would find it, a console script on PATH whose
+    target is Python (torchrun, accelerate, a project's own entry point), run as Python would run
+    it: ``sys.argv[0]`` is its path."""
+    if os.path.isfile(name):
+        return name
+    import shutil
+
+    bare = os.sep not in name and (os.altsep is None or os.altsep not in name)
+    found = shutil.which(name) if bare else None
+    if found is None:
+        raise CommandError(f"{name}: no such file" + (" nor executable on PATH" if bare else ""))
+    if not _is_python_script(found):
+        hint = " (torchrun: lrdebug run -m torch.distributed.run ...)" if name == "torchrun" else ""
+        raise CommandError(f"{name} ({found}) is not a Python script, so it cannot run inside lrdebug; "
+                           f"run the module it starts instead: lrdebug run -m MODULE ...{hint}")
+    return found
+
+
+def _is_python_script(path: str) -> bool:
+    """A ``.py`` file, or a file whose shebang runs a python (pip's console scripts, including the
+    ``#!/bin/sh`` + ``'''exec' python`` form pip writes for interpreter paths too long for a shebang)."""
+    if path.endswith(".py"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2048)
+    except OSError:
+        return False
+    if not head.startswith(b"#!") or b"\0" in head:
+        return False
+    first, _, rest = head.partition(b"\n")
+    words = first[2:].decode("utf-8", "replace").split()
+    if any(os.path.basename(w).startswith("python") for w in words[:2]):
+        return True
+    return words[:1] == ["/bin/sh"] and rest.startswith(b"'''exec' ") and b"python" in rest.split(b"\n", 1)[0]
 
 
 def _rank_from_env() -> int | None:
@@ -272,7 +309,7 @@ def diff_command(args) -> int:
 
     from .report import diff_traces
 
-    result = diff_traces(args.trace_a, args.trace_b)
+    result = diff_traces(args.trace_a, args.trace_b, rank=args.rank)
     for side in ("a", "b"):
         for note in result["skipped_parts"][side]:
             print(f"lrdebug diff: skipped unreadable part of {side.upper()}: {note}", file=sys.stderr)

@@ -69,7 +69,8 @@ def test_children_that_cannot_or_need_not_record_run_as_they_would(children):
 def test_nothing_is_left_behind(children):
     proc, report, _ = children
     assert not Path(report["hook_path"]).exists()
-    assert "lrdebug: processes started by the target recorded too: child-" in proc.stderr
+    assert "lrdebug: processes started by the target recorded traces of their own: child-" in proc.stderr
+    assert proc.stderr.count("lrdebug: trace written to") == 1  # one summary for the whole run
 
 
 @pytest.fixture(scope="module")
@@ -92,4 +93,5 @@ def test_wrapping_torchrun_records_each_worker_as_its_rank(torchrun):
     # The launcher itself trained nothing: it left no partition to collide with worker 0's.
     assert sorted(p.name for p in trace.iterdir() if p.is_dir()) == ["rank=0", "rank=1"]
     assert "cannot write" not in proc.stderr
-    assert "rank=0, rank=1" in proc.stderr
+    assert "lrdebug: trace written to trace (ranks 0, 1)" in proc.stderr.splitlines()
+    assert proc.stderr.count("lrdebug: trace written to") == 1

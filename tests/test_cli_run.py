@@ -124,3 +124,84 @@ def test_bad_command_lines_exit_2_with_one_line(tmp_path):
     nothing = run_lrdebug("run", cwd=tmp_path, module=True)
     assert nothing.returncode == 2 and len(nothing.stderr.splitlines()) == 1
 
+
+
+CONSOLE_SCRIPT = """#!{python}
+# -*- coding: utf-8 -*-
+import re
+import sys
+from pkg.entry import main
+if __name__ == '__main__':
+    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
+    sys.exit(main())
+"""
+ENTRY = """
+import json, os, sys
+
+
+def main():
+    print(json.dumps({"name": __name__, "argv": sys.argv, "path0": sys.path[0]}))
+    if os.environ.get("PROBE_TRAIN"):
+        import torch
+
+        model = torch.nn.Linear(4, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(torch.randn(8, 4)).sum().backward()
+            optimizer.step()
+    return 4
+"""
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory):
+    """A project's console script on PATH (pip's form: a shebang to python, importing an entry point)."""
+    import os
+    import sys
+
+    root = tmp_path_factory.mktemp("console")
+    (root / "bin").mkdir()
+    (root / "site" / "pkg").mkdir(parents=True)
+    (root / "site" / "pkg" / "__init__.py").write_text("")
+    (root / "site" / "pkg" / "entry.py").write_text(ENTRY)
+    script = root / "bin" / "my-train"
+    script.write_text(CONSOLE_SCRIPT.format(python=sys.executable))
+    script.chmod(0o755)
+    shell = root / "bin" / "shell-tool"
+    shell.write_text("#!/bin/sh\necho hi\n")
+    shell.chmod(0o755)
+    env = {"PATH": f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(root / "site")])),
+           "OMP_NUM_THREADS": "1"}
+    return root, env
+
+
+@pytest.mark.parametrize("dashdash", [False, True])
+def test_console_script_on_path_runs_as_python_would(console, dashdash):
+    import subprocess
+
+    root, env = console
+    import os
+
+    plain = subprocess.run(["my-train", "a", "--b"], cwd=root, env={**os.environ, **env}, capture_output=True,
+                           text=True)
+    assert plain.returncode == 4, plain.stderr
+    out = root / f"trace-{dashdash}"
+    traced = run_lrdebug("run", "--out", str(out), *(["--"] if dashdash else []), "my-train", "a", "--b", cwd=root,
+                         env={**env, "PROBE_TRAIN": "1"})
+    assert traced.returncode == 4, traced.stderr
+    assert json.loads(traced.stdout.splitlines()[0]) == json.loads(plain.stdout.splitlines()[0])
+    assert json.loads(traced.stdout)["argv"] == [str(root / "bin" / "my-train"), "a", "--b"]
+    df = lrdebug.load(out)
+    assert df[df["event"] == "optimizer_step"]["step"].tolist() == [1, 2, 3]
+
+
+def test_not_a_python_executable_or_nothing_on_path_exit_2_with_one_line(console):
+    root, env = console
+    shell = run_lrdebug("run", "shell-tool", cwd=root, env=env)
+    assert shell.returncode == 2 and shell.stdout == ""
+    assert len(shell.stderr.splitlines()) == 1 and "is not a Python script" in shell.stderr
+    assert "lrdebug run -m MODULE" in shell.stderr
+    missing = run_lrdebug("run", "no-such-tool-xyz", cwd=root, env=env)
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines() == ["lrdebug run: error: no-such-tool-xyz: no such file nor executable on PATH"]

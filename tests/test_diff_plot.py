@@ -181,3 +181,91 @@ def test_summary_of_a_synthetic_multi_part_trace_matches_pandas(tmp_path):
     assert t["iter_ns"]["p95"] == pytest.approx(first.iter_ns.astype(float).quantile(0.95))
     assert t["data_wait_ns"]["max"] == first.data_wait_ns.max()
     assert [s["step"] for s in t["slowest"]] == first.sort_values("iter_ns", ascending=False).step.head(5).tolist()
+
+
+# --------------------------------------------------------------------------- ranks and optimizer classes
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def record_ranks(out: Path, gammas: dict[int, float], opt_class: str = "SGD") -> Path:
+    """One trace with a partition per rank, recorded here one rank after the other."""
+    import torch
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LRDEBUG_RUN_ID", f"ranks-{out.name}")
+        mp.setenv("WORLD_SIZE", str(len(gammas)))
+        for rank, gamma in sorted(gammas.items()):
+            mp.setenv("RANK", str(rank))
+            torch.manual_seed(0)
+            model = torch.nn.Linear(3, 1)
+            opt = getattr(torch.optim, opt_class)(model.parameters(), lr=0.1)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=gamma)
+            with lrdebug.trace(opt, sched, out=out, summary=False):
+                for _ in range(10):
+                    opt.zero_grad()
+                    model(torch.ones(2, 3)).sum().backward()
+                    opt.step()
+                    sched.step()
+    return out
+
+
+@pytest.fixture(scope="module")
+def rank_traces(tmp_path_factory):
+    d = tmp_path_factory.mktemp("diff-ranks")
+    return {
+        "two": record_ranks(d / "two", {0: 0.1, 1: 0.1}),
+        "two_r1": record_ranks(d / "two_r1", {0: 0.1, 1: 0.5}),  # rank 1 decays slower
+        "adam": record_ranks(d / "adam", {0: 0.1}, opt_class="Adam"),
+    }
+
+
+def test_one_process_against_two_ranks_says_which_ranks(traces, rank_traces, capsys):
+    status, out, _ = diff(capsys, traces["a"], rank_traces["two"])
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].endswith("(rank 0)") and lines[1].endswith("(ranks 0, 1)")
+    assert "compared rank 0 (in both traces); rank 1 of B not compared" in out
+    status, out, _ = diff(capsys, traces["a"], rank_traces["two"], "--format", "json")
+    result = json.loads(out)
+    assert (result["ranks_a"], result["ranks_b"], result["ranks_compared"]) == ([0], [0, 1], [0])
+
+
+def test_every_common_rank_is_compared_and_rank_selects_one(rank_traces, capsys):
+    status, out, _ = diff(capsys, rank_traces["two"], rank_traces["two_r1"], "--format", "json")
+    result = json.loads(out)
+    assert status == 1 and result["ranks_compared"] == [0, 1]
+    assert [(g["rank"], g["identical"]) for g in result["groups"]] == [(0, True), (1, False)]
+    assert result["groups"][1]["first_diff_step"] == 4
+    status, out, _ = diff(capsys, rank_traces["two"], rank_traces["two_r1"], "--rank", "0")
+    assert status == 0 and out.rstrip().endswith("identical on rank 0")
+    status, out, _ = diff(capsys, rank_traces["two"], rank_traces["two_r1"], "--rank", "1")
+    assert status == 1 and "differs from step 4" in out
+
+
+def test_rank_missing_on_one_side_is_unusable_input(traces, rank_traces, capsys):
+    status, _, err = diff(capsys, traces["a"], rank_traces["two"], "--rank", "1")
+    assert status == 2
+    assert err.strip().splitlines() == ["lrdebug diff: error: --rank 1: trace A has rank 0"]
+
+
+def test_optimizers_of_different_classes_are_named(traces, rank_traces, capsys):
+    status, out, _ = diff(capsys, traces["a"], rank_traces["adam"])
+    assert "optimizer 0 is SGD in A and Adam in B: optimizers are matched by position" in out
+    assert "SGD/pg1 vs Adam/pg1: identical over 10 steps" in out
+
+
+def test_diff_layout_golden(rank_traces):
+    import io
+
+    from rich.console import Console
+
+    from lrdebug.report import diff_traces
+    from lrdebug.report.renderers.text import diff_renderables
+
+    result = diff_traces(str(rank_traces["two"]), str(rank_traces["two_r1"]))
+    result["a"], result["b"] = "runs/two", "runs/two_r1"
+    console = Console(file=io.StringIO(), width=100, color_system=None, record=True)
+    for r in diff_renderables(result):
+        console.print(r)
+    text = "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
+    assert text == (GOLDEN / "diff_two_ranks.txt").read_text()

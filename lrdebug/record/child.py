@@ -28,7 +28,6 @@ import functools
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -373,22 +372,3 @@ class Launch:
             if entry.name.startswith("rank=") or entry.name.startswith(CHILD_PREFIX):
                 found.append(entry.name)
         return found
-
-    def print_summary(self) -> None:
-        found = self.children()
-        if not found:
-            return
-        from ..tracefile.schema import read_status
-
-        counts: dict[str, int] = {}
-        for name in found:
-            rank_dirs = [self.out / name] if name.startswith("rank=") else sorted((self.out / name).glob("rank=*"))
-            for rank_dir in rank_dirs:
-                for f in (read_status(rank_dir) or {}).get("findings") or []:
-                    severity = f.get("severity") if isinstance(f, dict) else None
-                    if severity in ("error", "warning"):
-                        counts[severity] = counts.get(severity, 0) + 1
-        shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
-        verdict = ", ".join(f"{n} {sev}(s)" for sev, n in sorted(counts.items())) or "no warnings"
-        print(f"lrdebug: processes started by the target recorded too: {shown} ({verdict})",
-              file=sys.stderr, flush=True)

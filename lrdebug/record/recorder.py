@@ -304,7 +304,7 @@ class Recorder:
         if self.writer is not None:
             self.writer.close(reason, [f.to_dict() for f in findings])
         if self.summary:
-            print_summary(self, findings)
+            print_summary(self, findings, exc)
         if exc is None:
             self._warn_end_of_run(findings)
 
@@ -881,26 +881,14 @@ def _framework_versions() -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def print_summary(rec: Recorder, findings: list[Finding]) -> None:
-    """One screen on stderr at the end: where the trace is and what was found."""
+def print_summary(rec: Recorder, findings: list[Finding], exc: BaseException | None = None) -> None:
+    """The job's one summary on stderr at the end (``record/summary.py``): where the trace is and
+    what every rank found, printed by the process the user started or local rank 0 alone. After
+    Ctrl-C or a termination signal it waits for no other rank."""
     if rec._error_reported:
         return  # the one line reporting the failure already said it all; findings would be partial
-    try:
-        lines = [f"lrdebug: trace written to {rec.path}" + ("" if not rec.incomplete else f" (incomplete: {rec.incomplete})")]
-        shown = [f for f in findings if f.code not in rec.ignore]
-        order = {"error": 0, "warning": 1, "info": 2}
-        shown.sort(key=lambda f: (order.get(f.severity, 3), f.step or 0))
-        if shown:
-            lines.append(f"lrdebug: {len(shown)} finding(s):")
-            for f in shown[:12]:
-                where = f" at {f.file}:{f.line}" if f.file else ""
-                where += f" via {f.framework}" if f.framework else ""
-                lines.append(f"  {f.severity:7} {f.code}{where} (x{f.count}): {f.message.splitlines()[0][:160]}")
-            if len(shown) > 12:
-                lines.append(f"  ... and {len(shown) - 12} more: lrdebug report {rec.path}")
-        else:
-            lines.append("lrdebug: no findings")
-        print("\n".join(lines), file=sys.stderr, flush=True)
-    except Exception:  # noqa: BLE001
-        pass
+    from . import summary
 
+    stopped = (exc is not None and not isinstance(exc, (Exception, SystemExit))) or \
+        str(rec.incomplete or "").startswith("terminated by")
+    summary.print_summary(rec.path, ignore=rec.ignore, wait_s=0.0 if stopped else None)

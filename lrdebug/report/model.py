@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..rules import SEVERITY_RANK, Finding, labels
+from ..rules import SEVERITY_RANK, labels
+from ..rules.finding import merge_stored
 from ..tracefile import Trace, TraceError, read_trace
 from ..tracefile.reader import find_parts, short_error
 from .scan import SAMPLED, GroupStats, Scan, scan_trace
@@ -38,18 +39,7 @@ NO_STEPS = "no optimizer steps were recorded"  # a note; renderers show it once,
 # ------------------------------------------------------------------------------------- findings
 def _stored_findings(trace: Trace) -> list[dict[str, Any]]:
     """Findings the recorder stored at the end of each rank's run, merged across ranks."""
-    merged: dict[tuple, dict[str, Any]] = {}
-    for rank in sorted(trace.status):
-        for d in trace.status[rank].get("findings") or []:
-            if not isinstance(d, dict) or "code" not in d:
-                continue
-            f = Finding.from_dict({"severity": "info", "message": "", **d}).to_dict()
-            key = (f["code"], f["optimizer"], f["scheduler"], f["group"], f["file"], f["line"])
-            if key in merged:
-                merged[key]["count"] = max(merged[key]["count"] or 0, f["count"] or 0)
-            else:
-                merged[key] = f
-    return list(merged.values())
+    return merge_stored(trace.status)
 
 
 def _findings(trace: Trace, rows: int) -> tuple[list[dict[str, Any]], str]:

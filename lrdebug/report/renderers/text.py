@@ -201,11 +201,22 @@ def _ranks_table(d: dict[str, Any]) -> Table:
 
 
 # ------------------------------------------------------------------------------------- markdown
+def _ranks_text(ranks: list[int]) -> str:
+    return f"rank{'s' if len(ranks) != 1 else ''} {', '.join(str(r) for r in ranks)}" if ranks else "no rank"
+
+
 def diff_renderables(result: dict[str, Any]) -> Iterable[Any]:
-    yield Text.assemble("A: ", T(result["a"]), "\nB: ", T(result["b"]),
+    ranks_a, ranks_b = result.get("ranks_a", []), result.get("ranks_b", [])
+    yield Text.assemble("A: ", T(result["a"]), f" ({_ranks_text(ranks_a)})", "\nB: ", T(result["b"]),
+                        f" ({_ranks_text(ranks_b)})",
                         f"\nLRs compared per optimizer step (equal within {result['rtol']:g} relative)")
+    for note in result.get("notes", []):
+        yield Text(note, style="yellow")
+    several = len(result.get("pairs", [])) > 1
     for g in result["groups"]:
         label = T(g["label"], "bold")
+        if several:
+            label = Text.assemble(f"rank {g['rank_a']} ", label)
         if g["identical"]:
             yield Text.assemble(label, f": identical over {g['steps_a']} steps", style="")
             continue
@@ -233,6 +244,11 @@ def diff_renderables(result: dict[str, Any]) -> Iterable[Any]:
             yield table
     if not result["groups"]:
         yield Text("Neither trace has optimizer steps.")
-    yield Text("identical" if result["identical"] else "the learning rates differ",
+    compared = result.get("ranks_compared") or []
+    on = ""
+    if compared and (len(ranks_a) > 1 or len(ranks_b) > 1):
+        differ = sorted({g["rank_a"] for g in result["groups"] if not g["identical"]})
+        on = f" on {_ranks_text(differ if not result['identical'] else compared)}"
+    yield Text(("identical" if result["identical"] else "the learning rates differ") + on,
                style="green" if result["identical"] else "bold red")
 
