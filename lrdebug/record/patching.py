@@ -135,6 +135,7 @@ class Installation:
         self.patches = Patches()
         self.handles: list[Any] = []
         self._removed = False
+        self._timm_done = False
 
     # --------------------------------------------------------------------------- schedulers
     def _wrap_sched_step(self, fn: Callable) -> Callable:
@@ -396,10 +397,46 @@ class Installation:
             self._install_schedulers()
             self._install_scaler()
             self._install_data()
+            self.install_timm()
         except BaseException:
             self.remove()
             raise
         return self
+
+    # --------------------------------------------------------------------------- timm's schedulers
+    def install_timm(self) -> None:
+        """timm's schedulers (``timm.scheduler.Scheduler``) are no LRScheduler: they write param_groups
+        from ``step(epoch)`` or ``step_update(num_updates)``, whichever their ``t_in_epochs`` says moves
+        the LR (the other call is a no-op, and a timm loop makes both). Patched once timm's scheduler
+        module is imported (never imported here: on some builds importing timm has side effects); the
+        recorder asks again when it first sees an optimizer."""
+        if self._timm_done or self._removed:
+            return
+        module = sys.modules.get("timm.scheduler.scheduler")
+        cls = getattr(module, "Scheduler", None) if module is not None else None
+        if not isinstance(cls, type):
+            return
+        self._timm_done = True
+        sink = self.sink
+
+        def wrap(fn, per_epoch: bool):
+            def method(sched, *args, **kwargs):
+                t0 = _now()
+                out = fn(sched, *args, **kwargs)
+                if bool(getattr(sched, "t_in_epochs", True)) == per_epoch:  # this call moved the LR
+                    metric = kwargs.get("metric", args[1] if len(args) > 1 else None)
+                    sink.target.scheduler_step(sched, t0, _now(), None, False, metric)
+                return out
+
+            method.__wrapped__ = fn
+            method.__doc__ = getattr(fn, "__doc__", None)
+            method._lrdebug_patched = True
+            return method
+
+        for name, per_epoch in (("step", True), ("step_update", False)):
+            fn = cls.__dict__.get(name)
+            if callable(fn) and not getattr(fn, "_lrdebug_patched", False):
+                self.patches.set(cls, name, wrap(fn, per_epoch))
 
     def remove(self) -> None:
         if self._removed:
@@ -426,6 +463,9 @@ def is_pristine() -> bool:
     from torch.utils.data.dataloader import _BaseDataLoaderIter
 
     classes += [DataLoader, _BaseDataLoaderIter]
+    timm = getattr(sys.modules.get("timm.scheduler.scheduler"), "Scheduler", None)
+    if isinstance(timm, type):
+        classes.append(timm)
     for cls in classes:
         for value in cls.__dict__.values():
             fn = value.__func__ if isinstance(value, classmethod) else value

@@ -384,6 +384,9 @@ class Recorder:
             self._observe_rank()
             if self.checker is not None:
                 self.checker.register_optimizer(st.index, st.info)
+            installation = _SINK.installation
+            if installation is not None:
+                installation.install_timm()  # a script that imported timm since the trace started
         if wrapper is not opt:  # its steps are the inner optimizer's: one optimizer, two handles
             self._wrappers[id(wrapper)] = (_weak(wrapper), st)
             with self._registry_lock:
