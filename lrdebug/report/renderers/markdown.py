@@ -31,6 +31,7 @@ def markdown(report) -> str:
     lines.append(f"- **Ranks:** {', '.join(str(r) for r in d['ranks']) or '—'}")
     lines.append(f"- **Versions:** torch {md(t['torch_version'] or '?')}, lrdebug {md(t['lrdebug_version'] or '?')}")
     lines.append(f"- **Trace:** {md(status_line(t))}")
+    lines += [f"- **Ending:** {md(line)}" for line in t.get("ending") or []]
     lines.append("")
     if not any(g["steps"] for o in d["optimizers"] for g in o["groups"]):
         lines += ["**No optimizer steps were recorded in this trace.**", ""]
