@@ -50,6 +50,7 @@ _handling = False
 _closing: dict[int, int] = {}  # id(recorder) -> ident of the thread closing it, while it closes
 _done: dict[int, threading.Event] = {}  # id(recorder) -> set once its close has finished
 _pending: int | None = None  # a signal held until the main thread's close is done
+_sigint_guarded = False  # SIGINT taken from Python's handler for the time of a close
 
 
 def check_free(path: Any) -> None:
@@ -79,6 +80,8 @@ def closing(rec: Any) -> None:
     with _lock:
         _closing[id(rec)] = threading.get_ident()
         _done[id(rec)] = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            _guard_sigint()
 
 
 def closed(rec: Any) -> None:
@@ -92,18 +95,50 @@ def closed(rec: Any) -> None:
             done.set()
         if rec in _open:
             _open.remove(rec)
-        signum = None
-        if _pending is not None and _main_closes() == 0 and threading.current_thread() is threading.main_thread():
-            signum, _pending = _pending, None
+        signum = previous = None
+        if threading.current_thread() is threading.main_thread() and _main_closes() == 0:
+            if _pending is not None:
+                signum, _pending = _pending, None
+                previous = _previous.get(signum, signal.SIG_DFL)
+            _unguard_sigint()
         if id(rec) in _owners:
             _owners.discard(id(rec))
             if not _owners and signum is None:
                 _restore()
     if signum is not None:
-        _handle(signum, None)  # ends the process, unless the user's handler returns
+        _act_on(signum, None, previous)  # ends the process, unless a Python handler returns
         with _lock:
             if not _owners:
                 _restore()
+
+
+def _guard_sigint() -> None:
+    """While the main thread closes a trace, SIGINT is taken even where Python's own handler is in
+    place: a KeyboardInterrupt raised inside the save would throw it away. It is raised once the
+    save is done."""
+    global _sigint_guarded
+    if _sigint_guarded or signal.SIGINT in _previous:
+        return
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _handle)
+            _previous[signal.SIGINT] = signal.default_int_handler
+            _sigint_guarded = True
+    except (ValueError, OSError):
+        pass
+
+
+def _unguard_sigint() -> None:
+    global _sigint_guarded
+    if not _sigint_guarded:
+        return
+    _sigint_guarded = False
+    previous = _previous.pop(signal.SIGINT, signal.default_int_handler)
+    try:
+        if signal.getsignal(signal.SIGINT) is _handle:
+            signal.signal(signal.SIGINT, previous)
+    except (ValueError, OSError):
+        pass
 
 
 def _main_closes() -> int:
@@ -137,9 +172,14 @@ def _handle(signum: int, frame: Any) -> Any:
         # being handled): hold the signal until that save is done.
         if _pending is None:
             _pending = signum
-            _watchdog(signum)
+            _watchdog()
         return None
-    previous = _previous.get(signum, signal.SIG_DFL)
+    return _act_on(signum, frame, _previous.get(signum, signal.SIG_DFL))
+
+
+def _act_on(signum: int, frame: Any, previous: Any) -> Any:
+    """Save the traces, then do what ``previous`` (the handler lrdebug took the signal from) would."""
+    global _handling, _pending
     if not _handling:
         _handling = True
         try:
@@ -169,10 +209,19 @@ def _bounded(fn: Callable[[], None]) -> None:
         print(f"lrdebug: the trace could not be saved within {SAVE_TIMEOUT_S:.0f} s", file=sys.stderr, flush=True)
 
 
-def _watchdog(signum: int) -> None:
-    """A held signal ends the process after SAVE_TIMEOUT_S even if the save never finishes."""
+_held_count = 0
+
+
+def _watchdog() -> None:
+    """A held signal ends the process after SAVE_TIMEOUT_S even if the save never finishes (by exit
+    status 128 + signal: only the main thread could restore the default action and re-raise it)."""
+    global _held_count
+    _held_count += 1
+    held = _held_count
+
     def expire() -> None:
-        if _pending == signum:
+        signum = _pending
+        if signum is not None and _held_count == held:
             print(f"lrdebug: the trace could not be saved within {SAVE_TIMEOUT_S:.0f} s", file=sys.stderr,
                   flush=True)
             os._exit(128 + signum)
@@ -213,8 +262,9 @@ def _at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _handling, _lock, _pending
+    global _handling, _lock, _pending, _sigint_guarded
     _pending = None
+    _sigint_guarded = False
     _lock = threading.RLock()  # another thread may have held it at the fork
     _open.clear()
     _owners.clear()
