@@ -583,7 +583,7 @@ class Recorder:
             buf += (event, seq, t0, t1 - t0, st.index, step, site, lrs, grads, iter_ns, wait, extra)
             if len(buf) >= self._flush_len:
                 if len(buf) >= 8 * self._flush_len and self._flush_len == self._full_len:
-                    self.writer.flush()  # the writer fell behind (slow disk): write here, memory stays bounded
+                    self.writer.flush(full=True)  # the writer fell behind (slow disk): write here, memory stays bounded
                 else:
                     self.writer.wake(first=self._flush_len != self._full_len)
                     self._flush_len = self._full_len

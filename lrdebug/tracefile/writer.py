@@ -136,6 +136,7 @@ class PartWriter:
         self._pid = os.getpid()
         self._wake = threading.Event()
         self._ramp = 0  # parts written by the loop since the start or the first optimizer step
+        self._full = False  # the last wake() came from a full buffer
         self._stop = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="lrdebug-writer", daemon=True)
@@ -148,6 +149,7 @@ class PartWriter:
         (see ``_loop``) starts over from it."""
         if first:
             self._ramp = 0
+        self._full = not first
         self._wake.set()
 
     def _loop(self) -> None:
@@ -159,20 +161,22 @@ class PartWriter:
         due = time.monotonic() + self._interval()
         _warm_up()
         while not self._stop:
-            self._wake.wait(max(0.0, due - time.monotonic()))
+            full = self._wake.wait(max(0.0, due - time.monotonic())) and self._full
             self._wake.clear()
+            self._full = False
             if self._stop:
                 break
             started = time.monotonic()
-            self.flush()
+            self.flush(full=full)
             self._ramp += 1
             due = started + self._interval()
 
     def _interval(self) -> float:
         return self.interval_s / 16 * 2 ** min(self._ramp, 4)
 
-    def flush(self) -> None:
-        """Drain the buffer and write it as one part (no-op once failed or in a forked child)."""
+    def flush(self, full: bool = False) -> None:
+        """Drain the buffer and write it as one part (no-op once failed or in a forked child).
+        ``full``: written because the buffer filled up (such a part is not merged, see _write_part)."""
         with self._lock:
             if self.failed or os.getpid() != self._pid:
                 return
@@ -181,7 +185,7 @@ class PartWriter:
                 if got is None:
                     return
                 columns, n = got
-                self._write_part(columns, n)
+                self._write_part(columns, n, full)
                 del columns, got
                 _release_memory()
             except Exception as exc:  # noqa: BLE001 - never let the writer take training down
@@ -199,7 +203,7 @@ class PartWriter:
             self._write_status(state="running", complete=False, reason="the process has not closed the trace")
         return self.rank_dir
 
-    def _write_part(self, columns: dict[str, Any], n: int) -> None:
+    def _write_part(self, columns: dict[str, Any], n: int, full: bool = False) -> None:
         rank_dir = self._ensure_rank_dir()
         table = table_from_columns(columns, n, self._metadata())
         name = f"part-{self.parts:06d}.parquet"
@@ -210,7 +214,10 @@ class PartWriter:
         self.rows += n
         if not self.merge_parts:
             return
-        if n >= MERGE_BELOW_ROWS:
+        # A full buffer (a fast loop) stays a file: merging would only encode its rows once more (it was
+        # a third of a fast loop's writing). A time-based part is merged whatever its size, else a loop
+        # of a few thousand steps/s would leave a file a second.
+        if n >= MERGE_BELOW_ROWS and (full or n >= MERGE_ROWS):
             self._merge_small_parts(final=True)  # the parts before this one, so merged ranges stay contiguous
             return
         self._small.append((rank_dir / name, n))
@@ -230,7 +237,7 @@ class PartWriter:
                 self._merged = []
                 return
             small = [(merged, rows)]
-        if rows >= MERGE_BELOW_ROWS:
+        if rows >= MERGE_ROWS // 4:
             self._merge(self._merged)  # the ones before, then this file stays as it is
             self._merged = []
             return
