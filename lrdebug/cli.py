@@ -175,6 +175,8 @@ def run_command(args: argparse.Namespace) -> int:
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as e:
+                if t.recorder is not None:  # the status file says how the run ended
+                    t.recorder.ended = t.recorder.ended or f"exception: {type(e).__name__}"
                 _print_user_traceback(e)  # before the trace's summary, so the path is the last thing said
                 status = 1
     except SystemExit as e:

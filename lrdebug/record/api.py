@@ -10,7 +10,7 @@ from typing import Any, Iterable
 from ..errors import LRDebugError
 from ..rules import Finding
 from ..tracefile.schema import TraceError
-from ..tracefile.writer import FLUSH_ROWS
+from ..tracefile.writer import FLUSH_ROWS, FLUSH_SECONDS
 from .objects import _weak, effective_lr  # noqa: F401 - lrdebug.effective_lr
 from .recorder import Recorder
 
@@ -25,7 +25,7 @@ class trace:  # noqa: N801 - used like a function: `with lrdebug.trace(...)` / `
 
     def __init__(self, *objects: Any, out: str | os.PathLike | None = None, strict: bool = False,
                  ignore: Iterable[str] = (), sample_updates: int = 0, cuda_timing: bool = False,
-                 flush_rows: int = FLUSH_ROWS, flush_seconds: float = 5.0, summary: bool = True) -> None:
+                 flush_rows: int = FLUSH_ROWS, flush_seconds: float = FLUSH_SECONDS, summary: bool = True) -> None:
         if isinstance(ignore, str):
             ignore = [c.strip() for c in ignore.split(",") if c.strip()]
         self._kwargs = dict(out=out, strict=strict, ignore=tuple(ignore), sample_updates=sample_updates,

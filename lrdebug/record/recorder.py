@@ -43,7 +43,7 @@ from ..tracefile.schema import (
     ZERO_GRAD,
     Event,
 )
-from ..tracefile.writer import FLUSH_ROWS, PartWriter, check_output_dir
+from ..tracefile.writer import FLUSH_ROWS, FLUSH_SECONDS, PartWriter, check_output_dir
 from . import lifecycle, patching
 from .callsites import FRAMEWORK_SITES, SITE_OPTIMIZER, SITE_SCHEDULER, SITE_ZERO_GRAD, SITES, call_site
 from .device import _CudaSpan, _Deferred, _lr_value, _prefetch, _read_lrs, _resolve
@@ -155,7 +155,7 @@ class Recorder:
         sample_updates: int = 0,
         cuda_timing: bool = False,
         flush_rows: int = FLUSH_ROWS,
-        flush_seconds: float = 5.0,
+        flush_seconds: float = FLUSH_SECONDS,
         live_checks: bool = True,
         summary: bool = True,
     ) -> None:
@@ -174,7 +174,10 @@ class Recorder:
         # (``buf += (...)``) frees the tuple at once, where a list of row tuples kept one GC-tracked
         # object per step: more memory, and collections that walk them all.
         self.buf: list = []
-        self._flush_len = flush_rows * STEP_FIELDS
+        # The first optimizer step takes the flush branch of optimizer_post (no test of its own on the
+        # hot path), which wakes the writer at once and sets the real threshold.
+        self._flush_len = STEP_FIELDS
+        self._full_len = flush_rows * STEP_FIELDS
         self.other: list[tuple] = []  # every other event
         self._seq = itertools.count()
         self._opts: dict[int, _Opt] = {}
@@ -191,6 +194,7 @@ class Recorder:
         self.enabled = False
         self.closed = False
         self.incomplete: str | None = None
+        self.ended: str | None = None  # how the process left the trace: see ended_by()
         self._error_reported = False
         self._pid = os.getpid()
         self.start_unix_ns = time.time_ns()
@@ -277,8 +281,15 @@ class Recorder:
         if self.closed:
             return
         self.closed = True
+        self.ended = self.ended or ended_by(exc)
+        lifecycle.closing(self)  # a signal from here on waits for the save (see lifecycle)
+        try:
+            self._close(exc)
+        finally:
+            lifecycle.closed(self)
+
+    def _close(self, exc: BaseException | None) -> None:
         _SINK.remove(self)
-        lifecycle.closed(self)
         for obj, original in self._instance_patches:
             if original is None:
                 obj.__dict__.pop("step", None)
@@ -291,7 +302,7 @@ class Recorder:
         findings = []
         if self.checker is not None:
             try:
-                findings = self.checker.finish(completed=exc is None)
+                findings = self.checker.finish(completed=self.ended == "normally")
             except Exception as e:  # noqa: BLE001
                 self._internal_error(f"checks failed: {type(e).__name__}: {e}")
         if findings and self._frameworks:
@@ -302,7 +313,7 @@ class Recorder:
         if exc is not None and not isinstance(exc, (Exception, SystemExit)):
             reason = reason or f"interrupted by {type(exc).__name__}"
         if self.writer is not None:
-            self.writer.close(reason, [f.to_dict() for f in findings])
+            self.writer.close(reason, [f.to_dict() for f in findings], ended=self.ended)
         if self.summary:
             print_summary(self, findings, exc)
         if exc is None:
@@ -605,10 +616,11 @@ class Recorder:
             buf = self.buf
             buf += (event, seq, t0, t1 - t0, st.index, step, site, lrs, grads, iter_ns, wait, extra)
             if len(buf) >= self._flush_len:
-                if len(buf) >= 8 * self._flush_len:
-                    self.writer.flush()  # the writer fell behind (slow disk): write here, memory stays bounded
+                if len(buf) >= 8 * self._flush_len and self._flush_len == self._full_len:
+                    self.writer.flush(full=True)  # the writer fell behind (slow disk): write here, memory stays bounded
                 else:
-                    self.writer.wake()
+                    self.writer.wake(first=self._flush_len != self._full_len)
+                    self._flush_len = self._full_len
         except Exception as e:  # noqa: BLE001
             self._internal_error(f"optimizer_post: {type(e).__name__}: {e}")
             return
@@ -882,6 +894,14 @@ def _framework_versions() -> dict[str, str]:
         if _VERSIONS[top]:
             out[top] = _VERSIONS[top]
     return dict(sorted(out.items()))
+
+
+def ended_by(exc: BaseException | None) -> str:
+    """The status file's ``ended``: "normally", "exception: <type>" (a ``sys.exit`` with a status
+    other than 0 counts as an exception), or — set by lifecycle — "signal: <name>"."""
+    if exc is None or (isinstance(exc, SystemExit) and exc.code in (None, 0)):
+        return "normally"
+    return f"exception: {type(exc).__name__}"
 
 
 def print_summary(rec: Recorder, findings: list[Finding], exc: BaseException | None = None) -> None:

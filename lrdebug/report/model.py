@@ -193,6 +193,7 @@ class Report:
             if s["state"] == "running":
                 s["reason"] = "the process ended without closing the trace (killed, or still running)"
         status.sort(key=lambda s: s["rank"])
+        _how_ranks_ended(status, trace, scan, t_max)
         end = (trace.status.get(primary) or {}).get("end_unix_ns") or t_max.get(primary)
         start = meta.get("start_unix_ns")
         argv = [str(a) for a in meta.get("argv") or []]
@@ -270,7 +271,7 @@ class Report:
                 "sample_updates": meta.get("sample_updates"),
                 "complete": bool(status) and all(s["complete"] for s in status) and not trace.skipped,
                 "status": status, "rows": scan.rows, "parts": parts, "skipped_parts": list(trace.skipped),
-                "primary_rank": primary,
+                "primary_rank": primary, "ending": _ending(status),
             },
             "ranks": trace.ranks,
             "optimizers": optimizers,
@@ -307,6 +308,43 @@ class Report:
         stats = [scan.groups.get((r, o, g)) for g in gidx]
         return {"rank": r, "steps": max([s.steps for s in stats if s] or [0]), "skipped": scan.skipped.get((r, o), 0),
                 "last_lr": [s.last_lr if s else None for s in stats]}
+
+
+def _how_ranks_ended(status: list[dict[str, Any]], trace, scan: Scan, t_max: dict[int, int]) -> None:
+    """Add to each rank's status entry how it ended (the status file's ``ended``; None when the
+    process never closed the trace), the last optimizer step its record holds and the time of its
+    last recorded event."""
+    for s in status:
+        r = s["rank"]
+        raw = trace.status.get(r) or {}
+        ended = raw.get("ended") if s["state"] == "closed" else None
+        s["ended"] = ended if isinstance(ended, str) else None
+        s["closed"] = s["state"] == "closed"
+        steps = [st.last_step for (rr, _, _), st in scan.groups.items() if rr == r and st.last_step is not None]
+        s["last_step"] = max(steps) if steps else None
+        s["last_event_unix_ns"] = t_max.get(r)
+
+
+def _ending(status: list[dict[str, Any]]) -> list[str]:
+    """How the run ended, one sentence per point, when it did not end normally everywhere: which rank
+    ended without closing its trace and where its record stops, which ended by an exception or a
+    signal, which stopped first. Empty for a run whose ranks all ended normally."""
+    def at(s: dict[str, Any]) -> str:
+        return f"its record stops at step {s['last_step']}" if s.get("last_step") is not None else "no optimizer step recorded"
+
+    lines = []
+    for s in status:
+        if not s.get("closed"):
+            lines.append(f"rank {s['rank']} ended without closing its trace (killed, crashed, or still running); {at(s)}")
+        elif s.get("ended") and s["ended"] != "normally":
+            lines.append(f"rank {s['rank']} ended by {s['ended']}; {at(s)}")
+    timed = [s for s in status if isinstance(s.get("last_event_unix_ns"), int)]
+    if lines and len(timed) > 1:
+        first = min(timed, key=lambda s: (s["last_event_unix_ns"], s["rank"]))
+        gap = min(s["last_event_unix_ns"] for s in timed if s is not first) - first["last_event_unix_ns"]
+        if gap > 0:
+            lines.append(f"rank {first['rank']} stopped first: its last event is {gap / 1e9:.2f} s before any other rank's")
+    return lines
 
 
 def newest_trace(root: Path = DEFAULT_DIR) -> Path:

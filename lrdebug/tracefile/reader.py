@@ -130,8 +130,9 @@ def find_parts(root: Path) -> list[tuple[int, int, Path]]:
                 found.append((first, int(pm.group(2)) if pm.group(2) else None, f))
         merged = [(a, b) for a, b, _ in found if b is not None]
         for first, last, f in found:
-            if last is None and any(a <= first <= b for a, b in merged):
-                continue  # also in a merged part (the process ended before deleting it)
+            end = first if last is None else last
+            if any(a <= first and end <= b and (a, b) != (first, last) for a, b in merged):
+                continue  # also in a (larger) merged part: the process ended before deleting it
             parts.append((int(m.group(1)), first, f))
     return sorted(parts)
 

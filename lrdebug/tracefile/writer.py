@@ -29,6 +29,10 @@ from .schema import (
 )
 
 MERGE_PARTS = 64  # small parts (one per flush) are merged in groups of this many, so files stay few
+MERGE_MERGED = 16  # ... and merged files still smaller than a full part, in groups of this many
+# Seconds between time-based parts (trace()'s default flush_seconds): a process killed without
+# warning (SIGKILL, os._exit, a segfault, the OOM killer) loses at most about this much.
+FLUSH_SECONDS = 1.0
 MERGE_ROWS = 1 << 20  # ... or of this many rows, so a reader never holds a huge file at once
 # Optimizer steps buffered before a part is written (trace()'s default flush_rows): the buffer and
 # each write's transient memory grow with it (65,536 held ~+80 MB on scripts/bench_memory.py's loop).
@@ -75,6 +79,26 @@ def _release_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
+_warmed = False
+
+
+def _warm_up() -> None:
+    """Pay, in the writer thread as recording starts, the one-off costs of the first part: pyarrow
+    imports pandas lazily on its first ``pa.array`` (~0.35 s), and the Parquet writer and zstd set up
+    on first use. Otherwise a run that fails in its first second pays them in its final save, when
+    a signal (torchrun tearing the job down) may be only milliseconds away."""
+    global _warmed
+    if _warmed:
+        return
+    _warmed = True
+    try:
+        table = table_from_columns({"seq": [0]}, 1, {})
+        pq.write_table(table, pa.BufferOutputStream(), **_WRITE_OPTIONS)
+        json.dumps({"warm": [1, 2.0, None]}, default=str)
+    except Exception:  # noqa: BLE001 - only a warm-up
+        pass
+
+
 class PartWriter:
     """Writes the rows of one process as Parquet parts under ``<root>/rank=<r>/``.
 
@@ -92,7 +116,7 @@ class PartWriter:
         rank: Callable[[], int],
         run_id: str,
         on_error: Callable[[str], None],
-        interval_s: float = 5.0,
+        interval_s: float = FLUSH_SECONDS,
     ):
         self.root = Path(root)
         self._drain = drain
@@ -104,12 +128,15 @@ class PartWriter:
         self.rank_dir: Path | None = None
         self.parts = 0
         self._small: list[tuple[Path, int]] = []  # single parts not merged yet, with their rows
+        self._merged: list[tuple[Path, int]] = []  # merged files of fewer rows than a full part
         self.merge_parts = True
         self.rows = 0
         self.failed: str | None = None
         self.keep_empty = True  # False: a process that wrote no row leaves no partition at all
         self._pid = os.getpid()
         self._wake = threading.Event()
+        self._ramp = 0  # parts written by the loop since the start or the first optimizer step
+        self._full = False  # the last wake() came from a full buffer
         self._stop = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="lrdebug-writer", daemon=True)
@@ -117,19 +144,39 @@ class PartWriter:
     def start(self) -> None:
         self._thread.start()
 
-    def wake(self) -> None:
+    def wake(self, first: bool = False) -> None:
+        """Write a part now. ``first``: the first optimizer step was just recorded; the early cadence
+        (see ``_loop``) starts over from it."""
+        if first:
+            self._ramp = 0
+        self._full = not first
         self._wake.set()
 
     def _loop(self) -> None:
+        # A part every interval_s counted from the start of the previous one (not its end), so that
+        # what a killed process loses stays within about interval_s plus one write. The first parts
+        # come sooner (interval_s/16, /8, /4, /2 after the previous one): a run that dies in its first
+        # second (a rank torchrun tears down at once) still leaves its first steps. The recorder wakes
+        # the writer at the first optimizer step, which starts that ramp over.
+        due = time.monotonic() + self._interval()
+        _warm_up()
         while not self._stop:
-            self._wake.wait(self.interval_s)
+            full = self._wake.wait(max(0.0, due - time.monotonic())) and self._full
             self._wake.clear()
+            self._full = False
             if self._stop:
                 break
-            self.flush()
+            started = time.monotonic()
+            self.flush(full=full)
+            self._ramp += 1
+            due = started + self._interval()
 
-    def flush(self) -> None:
-        """Drain the buffer and write it as one part (no-op once failed or in a forked child)."""
+    def _interval(self) -> float:
+        return self.interval_s / 16 * 2 ** min(self._ramp, 4)
+
+    def flush(self, full: bool = False) -> None:
+        """Drain the buffer and write it as one part (no-op once failed or in a forked child).
+        ``full``: written because the buffer filled up (such a part is not merged, see _write_part)."""
         with self._lock:
             if self.failed or os.getpid() != self._pid:
                 return
@@ -138,7 +185,7 @@ class PartWriter:
                 if got is None:
                     return
                 columns, n = got
-                self._write_part(columns, n)
+                self._write_part(columns, n, full)
                 del columns, got
                 _release_memory()
             except Exception as exc:  # noqa: BLE001 - never let the writer take training down
@@ -156,7 +203,7 @@ class PartWriter:
             self._write_status(state="running", complete=False, reason="the process has not closed the trace")
         return self.rank_dir
 
-    def _write_part(self, columns: dict[str, Any], n: int) -> None:
+    def _write_part(self, columns: dict[str, Any], n: int, full: bool = False) -> None:
         rank_dir = self._ensure_rank_dir()
         table = table_from_columns(columns, n, self._metadata())
         name = f"part-{self.parts:06d}.parquet"
@@ -167,20 +214,47 @@ class PartWriter:
         self.rows += n
         if not self.merge_parts:
             return
-        if n >= MERGE_BELOW_ROWS:
-            self._merge_small_parts()  # the small parts before this one, so merged ranges stay contiguous
+        # A full buffer (a fast loop) stays a file: merging would only encode its rows once more (it was
+        # a third of a fast loop's writing). A time-based part is merged whatever its size, else a loop
+        # of a few thousand steps/s would leave a file a second.
+        if n >= MERGE_BELOW_ROWS and (full or n >= MERGE_ROWS):
+            self._merge_small_parts(final=True)  # the parts before this one, so merged ranges stay contiguous
             return
         self._small.append((rank_dir / name, n))
         if len(self._small) >= MERGE_PARTS or sum(rows for _, rows in self._small) >= MERGE_ROWS:
             self._merge_small_parts()
 
-    def _merge_small_parts(self) -> None:
-        """Rewrite the small parts as one file, then delete them; readers skip parts a merged file
-        covers, so a crash between the two steps duplicates nothing, and a failure only leaves them."""
-        small, self._small = [path for path, _ in self._small], []
-        if len(small) < 2:
+    def _merge_small_parts(self, final: bool = False) -> None:
+        """Merge the small parts into one file. Merged files still smaller than a full part are merged
+        again once there are MERGE_MERGED of them: a slow loop writes a part a second, and without
+        this would leave a file a minute. ``final``: merge everything pending (before a full part, so
+        merged ranges stay contiguous, and at close)."""
+        small, self._small = self._small, []
+        rows = sum(n for _, n in small)
+        if len(small) >= 2:
+            merged = self._merge(small)
+            if merged is None:  # failed: the parts stay as they are; start over after them
+                self._merged = []
+                return
+            small = [(merged, rows)]
+        if rows >= MERGE_ROWS // 4:
+            self._merge(self._merged)  # the ones before, then this file stays as it is
+            self._merged = []
             return
-        first, last = (int(PART_RE.match(p.name).group(1)) for p in (small[0], small[-1]))
+        self._merged += small
+        if final or len(self._merged) >= MERGE_MERGED or sum(n for _, n in self._merged) >= MERGE_ROWS:
+            self._merge(self._merged)
+            self._merged = []
+
+    def _merge(self, files: list[tuple[Path, int]]) -> Path | None:
+        """Rewrite consecutive parts as one file, then delete them; readers skip parts a merged file
+        covers, so a crash between the two steps duplicates nothing, and a failure only leaves them."""
+        small = [path for path, _ in files]
+        if len(small) < 2:
+            return None
+        first = int(PART_RE.match(small[0].name).group(1))
+        m = PART_RE.match(small[-1].name)
+        last = int(m.group(2) or m.group(1))
         name = f"part-{first:06d}-{last:06d}.parquet"
         tmp = small[0].parent / f".{name}.tmp"
         try:
@@ -198,9 +272,10 @@ class PartWriter:
             _release_memory()
         except Exception:  # noqa: BLE001 - the small parts are still there and complete
             tmp.unlink(missing_ok=True)
-            return
+            return None
         for part in small:
             part.unlink(missing_ok=True)
+        return small[0].parent / name
 
     def _write_status(self, **fields: Any) -> None:
         status = {
@@ -213,8 +288,12 @@ class PartWriter:
         status.update(fields)
         write_json_atomic(self._ensure_rank_dir() / STATUS_FILE, status)
 
-    def close(self, reason: str | None, findings: list[dict[str, Any]]) -> None:
-        """Stop the thread, write what is left and the closing status. Never raises."""
+    def close(self, reason: str | None, findings: list[dict[str, Any]], ended: str | None = None) -> None:
+        """Stop the thread, write what is left and the closing status, then merge the small parts
+        (every row is on disk and the status says so before that last merge begins). Never raises.
+
+        ``ended``: how the process left the trace ("normally", "exception: <type>", "signal: <name>");
+        a rank whose status still says "running" (or has none) ended without closing it."""
         self._stop = True
         self._wake.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
@@ -226,19 +305,20 @@ class PartWriter:
             if self.rank_dir is None and (self.failed or not self.keep_empty):
                 return
             incomplete = self.failed or reason
-            if not self.failed:
-                self._merge_small_parts()
             try:
                 self._write_status(
                     state="closed",
                     complete=not incomplete,
                     reason=incomplete,
+                    ended=ended or "normally",
                     end_unix_ns=time.time_ns(),
                     findings=findings,
                 )
             except Exception as exc:  # noqa: BLE001
                 if not self.failed:
                     self._fail(f"{type(exc).__name__}: {exc}")
+            if not self.failed:
+                self._merge_small_parts(final=True)
 
 
 def claim_rank_dir(rank_dir: Path, run_id: str) -> None:

@@ -45,6 +45,7 @@ def markdown(report) -> str:
     if frameworks_text(t):
         lines.append(f"- **Framework:** {md(frameworks_text(t))} (called optimizer.step())")
     lines.append(f"- **Trace:** {md(status_line(t))}")
+    lines += [f"- **Ending:** {md(line)}" for line in t.get("ending") or []]
     lines.append("")
     if not any(g["steps"] for o in d["optimizers"] for g in o["groups"]):
         lines += ["**No optimizer steps were recorded in this trace.**", ""]

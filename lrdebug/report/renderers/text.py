@@ -86,6 +86,8 @@ def _header(d: dict[str, Any]) -> Panel:
         grid.add_row("Framework", T(frameworks_text(t) + " (called optimizer.step())"))
     status = status_line(t)
     grid.add_row("Status", T(status, "green" if t["complete"] else "bold red"))
+    for i, line in enumerate(t.get("ending") or []):
+        grid.add_row("Ending" if i == 0 else "", T(line, "red"))
     grid.add_row("Rows", T(f"{t['rows']:,} in {t['parts']} part(s)"))
     return Panel(grid, title="lrdebug report", title_align="left", expand=False)
 
@@ -184,6 +186,7 @@ def _ranks_table(d: dict[str, Any]) -> Table:
     table = Table(title="Ranks", title_justify="left")
     table.add_column("Rank", justify="right")
     table.add_column("State")
+    table.add_column("Ended")
     for o in d["optimizers"]:
         table.add_column(Text.assemble(T(o["label"]), " steps"), justify="right")
         table.add_column(Text.assemble(T(o["label"]), " last LR"), justify="right")
@@ -191,7 +194,8 @@ def _ranks_table(d: dict[str, Any]) -> Table:
     for r in d["ranks"]:
         s = status.get(r, {})
         cells: list[Any] = [str(r), T(s.get("state") or "no status",
-                                      "green" if s.get("complete") else "red")]
+                                      "green" if s.get("complete") else "red"),
+                            T(s.get("ended") or "without closing", "" if s.get("ended") == "normally" else "red")]
         for o in d["optimizers"]:
             e = next((x for x in o.get("ranks", []) if x["rank"] == r), None)
             cells += [str(e["steps"]) if e else "—",
