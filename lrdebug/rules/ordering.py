@@ -35,7 +35,7 @@ def before_first_step(chk, o: OptState, s: SchedState, ev: Event) -> None:
 @listens("scheduler-orphaned", on="end_of_run")
 def orphaned_at_end(chk) -> None:
     """A scheduler that stepped an optimizer which never did, while another one stepped later."""
-    for o in chk.opts.values():
+    for o in sorted(chk.opts.values(), key=lambda o: o.index):
         others = _others(chk, o)
         for s in o.scheds:
             if (s.user_steps and o.applied + o.skipped == 0 and others >= MANY_STEPS
@@ -123,7 +123,7 @@ def multiple_schedulers(chk, o: OptState, s: SchedState, ev: Event) -> None:
 @rule("scheduler-never-stepped", "warning", "the optimizer stepped many times; its scheduler never did",
       on="end_of_run")
 def never_stepped(chk) -> None:
-    for o in chk.opts.values():
+    for o in sorted(chk.opts.values(), key=lambda o: o.index):
         if o.applied < MANY_STEPS or (chk.epochs and o.epochs < 2):
             continue
         if any(s.user_steps or s.child_steps for s in o.scheds):

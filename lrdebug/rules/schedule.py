@@ -211,7 +211,7 @@ def write_undone(chk, o: OptState, s: SchedState, ev: Event) -> None:
     before, now = exp[g], lrs[g]
     after = as_float(ev.lrs[g]) if g < len(ev.lrs) else None
     a, b = as_float(before), as_float(now)
-    if after is None or a is None or b is None or min(after, a, b) <= 0 or abs(math.log(after / a)) >= abs(
+    if not all(x is not None and 0 < x < INF for x in (after, a, b)) or abs(math.log(after / a)) >= abs(
             math.log(after / b)):
         _outside(chk, o, changed, exp, lrs, step, file, line)
         return
@@ -227,7 +227,7 @@ def write_undone(chk, o: OptState, s: SchedState, ev: Event) -> None:
 
 @listens("lr-changed-outside-scheduler", on="end_of_run")
 def write_never_judged(chk) -> None:
-    for o in chk.opts.values():
+    for o in sorted(chk.opts.values(), key=lambda o: o.index):  # live and offline register in other orders
         if o.written is not None:
             changed, exp, lrs, step, file, line = o.written
             o.written = None
@@ -271,7 +271,7 @@ def lambda_factors(chk, o: OptState, s: SchedState, ev: Event) -> None:
 def lambda_peaked_as_lr(chk) -> None:
     """LambdaLR: its largest factor is on the scale of the base LR, and was reached before the last step
     (a warmup that the run did not finish may still be rising on purpose)."""
-    for s in chk.scheds.values():
+    for s in sorted(chk.scheds.values(), key=lambda s: s.index):
         if s.cls != "LambdaLR" or not s.factors:
             continue
         base = s.params.get("base_lrs") or []
@@ -327,7 +327,7 @@ def ratios_overridden(chk, o: OptState | None, s: SchedState, ev: Event) -> None
 def not_completed(chk) -> None:
     if not chk.completed:
         return  # a crashed or interrupted run stops wherever it stopped
-    for s in chk.scheds.values():
+    for s in sorted(chk.scheds.values(), key=lambda s: s.index):
         horizon = _horizon(s)
         if horizon is None or s.is_child or s.epoch_flagged or s.user_steps == 0:
             continue
