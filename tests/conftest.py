@@ -13,6 +13,23 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
+def _declare_torchvision_ops() -> None:
+    """tests/compat imports the frameworks in this process: where torchvision is a CUDA build beside a
+    CPU torch, its ops must be declared before they import it (tests/compat/scripts/cpu_torchvision.py)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None or importlib.util.find_spec("torch") is None:
+        return
+    path = Path(__file__).parent / "compat" / "scripts" / "cpu_torchvision.py"
+    spec = importlib.util.spec_from_file_location("cpu_torchvision", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cpu_torchvision"] = module
+    spec.loader.exec_module(module)
+
+
+_declare_torchvision_ops()
+
+
 @pytest.fixture(autouse=True)
 def torch_is_pristine():
     try:

@@ -13,7 +13,7 @@ from conftest import run_lrdebug
 
 import lrdebug
 
-# Not imported here: on a CPU torch, timm's torchvision needs the script's op declarations first.
+# Looked up, not imported: the scripts import timm after declaring torchvision's ops (cpu_torchvision.py).
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("timm") is None,
                                 reason="timm is not installed: pip install -e '.[compat]'")
 

@@ -5,6 +5,7 @@ runs: linear and cosine schedules with warmup (the first step's LR is 0.0 by des
 accumulation 2. ``python hf_trainer.py OUT.json WORKDIR`` writes each run's ``log_history`` to OUT.json.
 """
 
+import cpu_torchvision  # noqa: F401,I001 - before the framework imports torchvision
 import json
 import sys
 

@@ -7,6 +7,7 @@
 logged, per fit, to OUT.json (OUT.rank<r>.json under ``ddp``: two CPU processes).
 """
 
+import cpu_torchvision  # noqa: F401,I001 - before the framework imports torchvision
 import json
 import sys
 

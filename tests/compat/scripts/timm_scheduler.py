@@ -4,12 +4,8 @@ argv: output JSON file, "updates" or "epochs" (t_in_epochs False / True)."""
 import json
 import sys
 
+import cpu_torchvision  # noqa: F401,I001 - before timm imports torchvision
 import torch
-
-# torchvision's CUDA build on a CPU torch: its ops must be declared before timm imports it.
-_lib = torch.library.Library("torchvision", "FRAGMENT")
-_lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-_lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
 
 from timm.scheduler import CosineLRScheduler  # noqa: E402
 
