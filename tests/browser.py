@@ -61,9 +61,9 @@ PAGE_STATE_JS = """
 const charts = Array.from(document.querySelectorAll('.chart')).map(function (div) {
   const gd = div.querySelector('.js-plotly-plot');
   let drawn = 0, traces = 0;
-  if (gd && gd.data) {
-    gd.data.forEach(function (t) {
-      if (t.visible !== false && t.yaxis !== 'y2') { drawn += (t.x || []).length; traces += 1; }
+  if (gd && gd._fullData) {
+    gd._fullData.forEach(function (t) {  // decoded arrays (gd.data keeps the page's base64 form)
+      if (t.visible === true && t.yaxis !== 'y2') { drawn += (t.x || []).length; traces += 1; }
     });
   }
   return {id: div.getAttribute('data-chart'), expected: parseInt(div.getAttribute('data-points'), 10),

@@ -183,10 +183,11 @@ class Report:
         out.update({k: env.points(max_points) for k, env in self.scan.rank_curves.items()})
         return dict(sorted(out.items()))
 
-    def step_time(self) -> dict[int, dict[str, np.ndarray]]:
-        """Per optimizer, the step time over the run (primary rank), in at most 4,096 buckets of steps:
-        ``step``, ``steps_per_point`` and the mean and max of ``iter_ns``, ``dur_ns``, ``data_wait_ns``."""
-        return {o: s.points() for o, s in sorted(self.scan.step_time.items()) if len(s.ids)}
+    def step_time(self, max_points: int | None = None) -> dict[int, dict[str, np.ndarray]]:
+        """Per optimizer, the step time over the run (primary rank), in at most 4,096 (or ``max_points``)
+        buckets of steps: ``step``, ``steps_per_point`` and the mean and max of ``iter_ns``, ``dur_ns``,
+        ``data_wait_ns``."""
+        return {o: s.points(max_points) for o, s in sorted(self.scan.step_time.items()) if len(s.ids)}
 
     def samples(self) -> dict[tuple[int, int], dict[str, np.ndarray]]:
         return {k: s.arrays() for k, s in sorted(self.scan.samples.items())}

@@ -170,16 +170,23 @@ class Series:
         self.counts = np.add.reduceat(counts, starts, axis=0)
         self.maxs = np.maximum.reduceat(maxs, starts, axis=0)
 
-    def points(self) -> dict[str, np.ndarray]:
+    def points(self, max_points: int | None = None) -> dict[str, np.ndarray]:
         """``step`` (first step of each bucket), ``steps_per_point``, and per name ``{name}_mean``,
-        ``{name}_max`` (NaN where nothing was measured)."""
-        out: dict[str, np.ndarray] = {"step": (self.ids << self.shift) + 1,
-                                      "steps_per_point": np.array(1 << self.shift)}
+        ``{name}_max`` (NaN where nothing was measured), in at most ``max_points`` buckets."""
+        ids, sums, counts, maxs, shift = self.ids, self.sums, self.counts, self.maxs, self.shift
+        while max_points and len(ids) > max_points:
+            shift += 1
+            ids = ids >> 1
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            ids = ids[starts]
+            sums, counts = np.add.reduceat(sums, starts, axis=0), np.add.reduceat(counts, starts, axis=0)
+            maxs = np.maximum.reduceat(maxs, starts, axis=0)
+        out: dict[str, np.ndarray] = {"step": (ids << shift) + 1, "steps_per_point": np.array(1 << shift)}
         with np.errstate(invalid="ignore", divide="ignore"):
             for j, name in enumerate(self.NAMES):
-                n = self.counts[:, j]
-                out[f"{name}_mean"] = np.where(n > 0, self.sums[:, j] / np.maximum(n, 1), np.nan)
-                out[f"{name}_max"] = np.where(n > 0, self.maxs[:, j], np.nan)
+                n = counts[:, j]
+                out[f"{name}_mean"] = np.where(n > 0, sums[:, j] / np.maximum(n, 1), np.nan)
+                out[f"{name}_max"] = np.where(n > 0, maxs[:, j], np.nan)
         return out
 
 

@@ -32,8 +32,9 @@ from .base import (
     status_line,
 )
 
-MAX_POINTS = 2000  # drawn points per curve (min/max buckets above that)
-MAX_SAMPLES = 4000  # sampled-update points drawn per group
+MAX_POINTS = 2000  # drawn points per LR curve (min/max buckets above that)
+MAX_TIME_POINTS = 1000  # buckets of the step-time chart
+MAX_SAMPLES = 1000  # sampled-update points drawn per group
 MAX_EPOCH_LINES = 1000
 MAX_RANK_OVERLAY_GROUPS = 4
 SEVERITY_COLOURS = {"error": "#d62728", "warning": "#ff7f0e", "info": "#1f77b4"}
@@ -128,35 +129,38 @@ class Chart:
         self.annotations: list[dict[str, Any]] = []
         self.points = 0  # points drawn in the linear view (each line once)
 
-    def line(self, x, y, *, name: str, hover: str, customdata=None, group: str | None = None,
+    def line(self, x, y, *, name: str, hover: str = "", customdata=None, group: str | None = None,
              dash: str | None = None, colour: str | None = None, fill_to_previous: bool = False,
              show_legend: bool = True, mode: str = "lines", shape: str = "hv", width: float = 1.6,
-             opacity: float = 1.0, hover_skip: bool = False) -> None:
+             opacity: float = 1.0, hover_skip: bool = False, meta=None) -> None:
         y = np.asarray(y, dtype=np.float64)
         pos = y[np.isfinite(y) & (y > 0)]
         if len(pos):
             self.positive_min = min(self.positive_min, float(pos.min()))
         self.pending.append(dict(x=np.asarray(x), y=y, name=name, hover=hover, customdata=customdata, group=group,
                                  dash=dash, colour=colour, fill=fill_to_previous, legend=show_legend, mode=mode,
-                                 shape=shape, width=width, opacity=opacity, skip=hover_skip))
+                                 shape=shape, width=width, opacity=opacity, skip=hover_skip, meta=meta))
         self.points += len(y)
 
     def marks(self, xs: list[float], *, name: str, colour: str, hover: list[str], dash: str = "dot",
-              label: list[str] | None = None, top: float = 0.97) -> None:
-        """Vertical lines at ``xs`` with a hoverable marker at the top of each."""
+              label: list[str] | None = None, top: float = 0.97, max_lines: int = 100) -> None:
+        """Vertical lines at ``xs`` with a hoverable marker at the top of each; more than ``max_lines``
+        would blur into a grey block, so then the markers alone are drawn (a rug)."""
         if not xs:
             return
         go = self.go
-        lx, ly = [], []
-        for x in xs:
-            lx += [x, x, None]
-            ly += [0, 1, None]
-        self.traces.append(("both", go.Scatter(x=lx, y=ly, yaxis="y2", mode="lines", name=name, legendgroup=name,
-                                               line=dict(color=colour, dash=dash, width=1), hoverinfo="skip",
-                                               showlegend=True)))
+        lines = len(xs) <= max_lines
+        if lines:
+            lx, ly = [], []
+            for x in xs:
+                lx += [x, x, None]
+                ly += [0, 1, None]
+            self.traces.append(("both", go.Scatter(x=lx, y=ly, yaxis="y2", mode="lines", name=name,
+                                                   legendgroup=name, line=dict(color=colour, dash=dash, width=1),
+                                                   hoverinfo="skip", showlegend=True)))
         self.traces.append(("both", go.Scatter(
             x=xs, y=[top] * len(xs), yaxis="y2", mode="markers+text" if label else "markers", name=name,
-            legendgroup=name, showlegend=False, text=label, textposition="bottom right",
+            legendgroup=name, showlegend=not lines, text=label, textposition="bottom right",
             textfont=dict(size=10, color=colour), marker=dict(color=colour, size=8, symbol="triangle-down"),
             hovertext=hover, hovertemplate="%{hovertext}<extra></extra>")))
 
@@ -167,23 +171,26 @@ class Chart:
         go = self.go
         floor = self._floor()
         zeros = False
+        lines: list[tuple[str, Any]] = []
         for p in self.pending:
-            for view in ("lin", "log"):
+            low = ~(p["y"] > 0) & ~np.isnan(p["y"])
+            # a line with no LR <= 0 is the same trace in both views; one with some gets a floored copy for log
+            for view in ("lin", "log") if low.any() else ("both",):
                 y = p["y"]
                 custom = p["customdata"]
                 template = p["hover"]
                 if view == "log":
-                    low = ~(y > 0) & ~np.isnan(y)
-                    if low.any():
-                        zeros = True
-                        if custom is None:
-                            custom = y
-                            template = template.replace("%{y", "%{customdata")
-                        y = np.where(low, floor, y)
+                    zeros = True
+                    if custom is None:
+                        custom = y
+                        template = template.replace("%{y", "%{customdata")
+                    y = np.where(low, floor, y)
                 line = dict(dash=p["dash"], color=p["colour"], width=p["width"], shape=p["shape"])
                 kw = dict(x=p["x"], y=y, name=p["name"], mode=p["mode"], line=line, opacity=p["opacity"],
-                          legendgroup=p["group"] or p["name"], showlegend=p["legend"] and view == "lin",
-                          visible=(view == "log") == self.log_default)
+                          legendgroup=p["group"] or p["name"], showlegend=p["legend"] and view != "log",
+                          visible=True if view == "both" else (view == "log") == self.log_default)
+                if p["meta"] is not None:
+                    kw["meta"] = p["meta"]
                 if p["mode"] != "lines":
                     kw["marker"] = dict(color=p["colour"], size=5)
                 if p["fill"]:
@@ -195,10 +202,10 @@ class Chart:
                     kw["hovertemplate"] = template
                     if custom is not None:
                         kw["customdata"] = custom
-                self.traces.append((view, go.Scatter(**kw)))
-        ordered = [t for v, t in self.traces if v != "both"] + [t for v, t in self.traces if v == "both"]
-        views = [v for v, _ in self.traces if v != "both"] + [v for v, _ in self.traces if v == "both"]
-        # markers first in self.traces order were appended before lines: keep lines under markers
+                lines.append((view, go.Scatter(**kw)))
+        both = lines + self.traces  # marks (added by marks()) drawn over the lines
+        ordered = [t for _, t in both]
+        views = [v for v, _ in both]
         fig = go.Figure(data=ordered)
         floor_note = dict(xref="paper", yref="y", x=0, y=math.log10(floor), xanchor="left", yanchor="bottom",
                           text=f"≤ 0 drawn at {floor:.3g}", showarrow=False, font=dict(size=10, color="#888"))
@@ -258,14 +265,12 @@ def _curve_lines(chart: Chart, points, *, name: str, colour: str, group: str, wi
         chart.line(x, lo, name=name, colour=colour, group=group, width=width, dash=dash, show_legend=legend,
                    hover=f"<b>{name}</b><br>step %{{x:,}}<br>LR %{{y:{_FMT}}}<extra></extra>")
         return
-    last = np.minimum(x + per - 1, np.r_[x[1:] - 1, x[-1] + per - 1]) if len(x) else x
-    custom = np.stack([last, lo, hi], axis=1)
+    # the hover of each edge gives the bucket's exact smallest / largest LR; meta: steps per bucket
+    span = f"<b>{name}</b><br>the {per:,} steps from step %{{x:,}}<br>"
     chart.line(x, lo, name=name, colour=colour, group=group, width=0.8, dash=dash, show_legend=False,
-               hover_skip=True)
+               hover=span + f"LR min %{{y:{_FMT}}}<extra></extra>")
     chart.line(x, hi, name=name, colour=colour, group=group, width=width, dash=dash, fill_to_previous=True,
-               show_legend=legend, customdata=custom,
-               hover=(f"<b>{name}</b><br>steps %{{x:,}}–%{{customdata[0]:,}}<br>"
-                      f"LR min %{{customdata[1]:{_FMT}}}<br>LR max %{{customdata[2]:{_FMT}}}<extra></extra>"))
+               show_legend=legend, hover=span + f"LR max %{{y:{_FMT}}}<extra></extra>")
 
 
 def _thin(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -423,12 +428,11 @@ def _step_time_chart(label: str, st: dict[str, np.ndarray]) -> Chart:
         colour = ["#1f77b4", "#ff7f0e", "#2ca02c"][i]
         if per > 1:
             mx = st[f"{key}_max"] / 1e6
+            span = f"<b>{name}</b><br>the {per:,} steps from step %{{x:,}}<br>"
             chart.line(x, mean, name=f"{name} (mean)", colour=colour, group=key,
-                       customdata=np.stack([np.minimum(x + per - 1, x.max() + per - 1), mx], axis=1),
-                       hover=(f"<b>{name}</b><br>steps %{{x:,}}–%{{customdata[0]:,}}<br>mean %{{y:.4g}} ms"
-                              f"<br>max %{{customdata[1]:.4g}} ms<extra></extra>"))
+                       hover=span + "mean %{y:.4g} ms<extra></extra>")
             chart.line(x, mx, name=f"{name} (max)", colour=colour, group=key, width=0.8, opacity=0.45,
-                       show_legend=False, hover_skip=True)
+                       show_legend=False, hover=span + "max %{y:.4g} ms<extra></extra>")
         else:
             chart.line(x, mean, name=name, colour=colour, group=key,
                        hover=f"<b>{name}</b><br>step %{{x:,}}<br>%{{y:.4g}} ms<extra></extra>")
@@ -590,7 +594,7 @@ def render_html(report, max_points: int = MAX_POINTS) -> str:
 
     # step time
     body.append("<h2>Step time</h2>")
-    series = report.step_time()
+    series = report.step_time(MAX_TIME_POINTS)
     any_timing = False
     for tm in d["timing"]["optimizers"]:
         label = next((o["label"] for o in d["optimizers"] if o["index"] == tm["optimizer"]), str(tm["optimizer"]))
