@@ -82,7 +82,8 @@ _JS = """
     document.querySelectorAll('.js-plotly-plot').forEach(function (gd) {
       var upd = {'font.color': fg, 'xaxis.gridcolor': grid, 'yaxis.gridcolor': grid,
                  'xaxis.zerolinecolor': grid, 'yaxis.zerolinecolor': grid,
-                 'legend.font.color': fg, 'updatemenus[0].font.color': d ? '#1f2328' : fg};
+                 'legend.font.color': fg, 'updatemenus[0].font.color': '#1f2328',
+                 'updatemenus[0].bgcolor': d ? '#c9d1d9' : '#f6f8fa'};
       Plotly.relayout(gd, upd);
     });
   }
