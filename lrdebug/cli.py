@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="summarise a trace")
     report.add_argument("trace", nargs="?", help="trace directory (default: newest under ./lrdebug-traces/)")
-    report.add_argument("--format", choices=["text", "json", "markdown"], default="text")
+    report.add_argument("--format", choices=["text", "json", "markdown", "html"], default="text")
+    report.add_argument("-o", "--output", help="output file (required for --format html; else stdout)")
     report.add_argument("--fail-on", choices=["error", "warning", "info", "never"], default="never",
                         help="exit 1 when a finding at or above this severity exists")
     report.add_argument("--width", type=int, default=None, help=argparse.SUPPRESS)
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("trace_b")
     diff.add_argument("--rank", type=_non_negative, default=None, metavar="R",
                       help="compare rank R alone (default: every rank both traces have)")
-    diff.add_argument("--format", choices=["text", "json"], default="text")
+    diff.add_argument("--format", choices=["text", "json", "html"], default="text")
+    diff.add_argument("-o", "--output", help="output file (required for --format html)")
 
     plot = sub.add_parser("plot", help="plot the LR schedule to an image (needs lrdebug[plot])")
     plot.add_argument("trace")
@@ -285,12 +287,52 @@ def _console(width: int | None = None, file=None):
     return Console(file=file, width=width, highlight=False)
 
 
+def _html_output(args) -> Path:
+    """``-o`` for ``--format html``, checked before the trace is read: required, and plotly installed."""
+    if not args.output:
+        raise CommandError("--format html writes a file: give -o FILE (e.g. -o report.html)")
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        raise CommandError("the HTML report needs plotly: pip install 'lrdebug[html]'") from None
+    return Path(args.output)
+
+
+def _write_text(command: str, out: Path, text: str) -> None:
+    """Write a whole report to ``out`` (replaced if it exists, as ``lrdebug plot`` does) and say where."""
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"{out}: cannot write: {exc.strerror or exc}") from None
+    print(f"lrdebug {command}: wrote {out}", file=sys.stderr)
+
+
 def report_command(args) -> int:
     from .report import Report
 
+    out = _html_output(args) if args.format == "html" else None
     report = Report(args.trace)
     for note in report.trace.skipped:
         print(f"lrdebug report: skipped unreadable part {note}", file=sys.stderr)
+    if out is not None:
+        from .report.renderers.html import render_html
+
+        _write_text("report", out, render_html(report))
+        return 1 if report.fails(args.fail_on) else 0
+    if args.output:
+        from io import StringIO
+
+        buf = StringIO()
+        if args.format == "json":
+            from .report.renderers.jsonrenderer import render
+
+            buf.write(render(report))
+        elif args.format == "markdown":
+            buf.write(report.to_markdown())
+        else:
+            _console(args.width or 120, file=buf).print(report)
+        _write_text("report", Path(args.output), buf.getvalue())
+        return 1 if report.fails(args.fail_on) else 0
     try:
         if args.format == "json":
             from .report.renderers.jsonrenderer import render
@@ -311,10 +353,37 @@ def diff_command(args) -> int:
 
     from .report import diff_traces
 
+    out = _html_output(args) if args.format == "html" else None
     result = diff_traces(args.trace_a, args.trace_b, rank=args.rank)
     for side in ("a", "b"):
         for note in result["skipped_parts"][side]:
             print(f"lrdebug diff: skipped unreadable part of {side.upper()}: {note}", file=sys.stderr)
+    if out is not None:
+        from .report import Report
+        from .report.renderers.html import render_diff_html
+
+        curves = []
+        for path in (args.trace_a, args.trace_b):
+            try:
+                curves.append(Report(path).rank_curves())
+            except Exception:  # noqa: BLE001 - the tables still say everything; charts are a bonus
+                curves.append(None)
+        _write_text("diff", out, render_diff_html(result, *curves))
+        return 0 if result["identical"] else 1
+    if args.output:
+        text = json.dumps(result, indent=2) + "\n" if args.format == "json" else None
+        if text is None:
+            from io import StringIO
+
+            from .report.renderers.text import diff_renderables
+
+            buf = StringIO()
+            console = _console(120, file=buf)
+            for r in diff_renderables(result):
+                console.print(r)
+            text = buf.getvalue()
+        _write_text("diff", Path(args.output), text)
+        return 0 if result["identical"] else 1
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:

@@ -8,6 +8,7 @@ referenced so their ids are never reused.
 from __future__ import annotations
 
 import functools
+import linecache
 import os
 import sys
 import threading
@@ -26,6 +27,10 @@ SITES: list[tuple[str, int, str]] = []
 # Per site id: when the call came from an installed package (Lightning, transformers, accelerate ...),
 # that package's frame as "package/module.py:line", while SITES holds the user's frame that led there.
 FRAMEWORK_SITES: list[str | None] = []
+# Per site id: the text of the user's line (stripped, at most SITE_LINE_MAX characters), read once when the
+# site is registered, so a report shows it on another machine; "" when the file cannot be read.
+SITE_LINES: list[str] = []
+SITE_LINE_MAX = 200
 _site_lock = threading.Lock()
 
 _USER, _INTERNAL, _FRAMEWORK = 0, 1, 2  # kinds of code, decided once per code object
@@ -162,10 +167,27 @@ def _walk_call_site(f) -> int:
                     f = user
                 SITES.append((_absolute(f.f_code.co_filename), f.f_lineno or 0, f.f_code.co_name))
                 FRAMEWORK_SITES.append(framework)
+                SITE_LINES.append(_line_text(f.f_code.co_filename, f.f_lineno or 0))
                 sid = len(SITES) - 1
                 _site_ids[key] = sid
     return sid
 
+
+
+def _line_text(filename: str, line: int) -> str:
+    """The source text of a site's line, once per new site (never per event); "" when unreadable."""
+    try:
+        text = linecache.getline(filename, line).strip() if line > 0 else ""
+    except Exception:  # noqa: BLE001 - a loader that fails must not stop the recording
+        return ""
+    return text[:SITE_LINE_MAX]
+
+
+def site_lines() -> dict[str, str]:
+    """``"file:line" -> text`` of every registered site whose line could be read (the run metadata)."""
+    with _site_lock:
+        pairs = list(zip(SITES, SITE_LINES))
+    return {f"{file}:{line}": text for (file, line, _), text in pairs if text}
 
 
 def _absolute(filename: str) -> str:

@@ -45,7 +45,7 @@ from ..tracefile.schema import (
 )
 from ..tracefile.writer import FLUSH_ROWS, FLUSH_SECONDS, PartWriter, check_output_dir
 from . import lifecycle, patching
-from .callsites import FRAMEWORK_SITES, SITE_OPTIMIZER, SITE_SCHEDULER, SITE_ZERO_GRAD, SITES, call_site
+from .callsites import FRAMEWORK_SITES, SITE_OPTIMIZER, SITE_SCHEDULER, SITE_ZERO_GRAD, SITES, call_site, site_lines
 from .device import _CudaSpan, _Deferred, _lr_value, _prefetch, _read_lrs, _resolve
 from .environment import (
     _default_out,
@@ -478,6 +478,7 @@ class Recorder:
             "optimizers": optimizers,
             "schedulers": schedulers,
             "sites": len(SITES),
+            "site_lines": site_lines(),
             "frameworks": _framework_versions(),
         }
 

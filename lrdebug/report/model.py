@@ -120,9 +120,22 @@ class Report:
         self.scan = scan
         findings, source = _findings(trace, scan.rows)
         self.findings = _sort_findings(findings)
+        self._add_source_lines(trace)
         self.intended: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}  # finding index -> group -> curve
         self._intend(trace, scan.primary)
         self._data = self._build(trace, scan, t_max, source, len(parts))
+
+    def _add_source_lines(self, trace: Trace) -> None:
+        """Each finding's ``source_line``: the text of its call site, as the recorder stored it."""
+        lines: dict[str, str] = {}
+        for meta in trace.meta.values():
+            sl = meta.get("site_lines") if isinstance(meta, dict) else None
+            if isinstance(sl, dict):
+                lines.update({str(k): str(v) for k, v in sl.items() if isinstance(v, str)})
+        for f in self.findings:
+            text = lines.get(f"{f.get('file')}:{f.get('line')}") if f.get("file") else None
+            if text:
+                f["source_line"] = text
 
     def _intend(self, trace: Trace, rank: int) -> None:
         """The schedule each finding's code meant, and the damage (``finding["intended"]``)."""
@@ -162,6 +175,19 @@ class Report:
     def curves(self, max_points: int | None = None) -> dict[tuple[int, int], tuple[np.ndarray, ...]]:
         """Per (optimizer, group): first step of each bucket, min and max LR, bucket size (primary rank)."""
         return {k: env.points(max_points) for k, env in sorted(self.scan.curves.items())}
+
+    def rank_curves(self, max_points: int | None = None) -> dict[tuple[int, int, int], tuple[np.ndarray, ...]]:
+        """Per (rank, optimizer, group), every rank's LR outline as ``curves()`` gives the primary's
+        (up to ``scan.MAX_RANK_CURVES`` ranks besides the primary)."""
+        out = {(self.scan.primary, *k): v for k, v in self.curves(max_points).items()}
+        out.update({k: env.points(max_points) for k, env in self.scan.rank_curves.items()})
+        return dict(sorted(out.items()))
+
+    def step_time(self, max_points: int | None = None) -> dict[int, dict[str, np.ndarray]]:
+        """Per optimizer, the step time over the run (primary rank), in at most 4,096 (or ``max_points``)
+        buckets of steps: ``step``, ``steps_per_point`` and the mean and max of ``iter_ns``, ``dur_ns``,
+        ``data_wait_ns``."""
+        return {o: s.points(max_points) for o, s in sorted(self.scan.step_time.items()) if len(s.ids)}
 
     def samples(self) -> dict[tuple[int, int], dict[str, np.ndarray]]:
         return {k: s.arrays() for k, s in sorted(self.scan.samples.items())}

@@ -37,6 +37,7 @@ _EV = {name: i for i, name in enumerate(_KINDS)}
 _STEP, _SKIP, _SCHED, _ZERO, _EPOCH = range(len(_KINDS))
 _OTHER = len(_KINDS)
 MAX_MARKS = 10_000  # skipped steps and epoch starts kept for plots
+MAX_RANK_CURVES = 64  # ranks besides the primary whose LR outline is kept (the per-rank overlay)
 
 
 # ------------------------------------------------------------------------------------- building blocks
@@ -126,6 +127,67 @@ class Envelope:
             starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
             ids, lo, hi = ids[starts], np.fmin.reduceat(lo, starts), np.fmax.reduceat(hi, starts)
         return (ids << shift) + 1, lo, hi, 1 << shift
+
+
+class Series:
+    """Mean and max of a few timings per bucket of 2**shift steps: a run's step time in few points.
+
+    Values < 0 (not measured) are left out of their bucket; a bucket with none has a NaN mean.
+    """
+
+    LIMIT = 4096
+    NAMES = ("iter_ns", "dur_ns", "data_wait_ns")
+
+    def __init__(self) -> None:
+        self.shift = 0
+        self.ids = np.empty(0, dtype=np.int64)
+        k = len(self.NAMES)
+        self.sums = np.empty((0, k))
+        self.counts = np.empty((0, k))
+        self.maxs = np.empty((0, k))
+
+    def add(self, steps: np.ndarray, values: np.ndarray) -> None:
+        """``values``: one column per name in ``NAMES``, one row per step."""
+        values = values.astype(np.float64)
+        ok = values >= 0
+        ids = np.maximum(steps - 1, 0).astype(np.int64) >> self.shift
+        self._reduce(np.concatenate([self.ids, ids]), np.concatenate([self.sums, np.where(ok, values, 0)]),
+                     np.concatenate([self.counts, ok.astype(np.float64)]),
+                     np.concatenate([self.maxs, np.where(ok, values, -1.0)]))
+        while len(self.ids) > self.LIMIT:
+            self.shift += 1
+            self._reduce(self.ids >> 1, self.sums, self.counts, self.maxs)
+
+    def _reduce(self, ids, sums, counts, maxs) -> None:
+        if not len(ids):
+            return
+        if (ids[1:] < ids[:-1]).any():
+            order = np.argsort(ids, kind="stable")
+            ids, sums, counts, maxs = ids[order], sums[order], counts[order], maxs[order]
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        self.ids = ids[starts]
+        self.sums = np.add.reduceat(sums, starts, axis=0)
+        self.counts = np.add.reduceat(counts, starts, axis=0)
+        self.maxs = np.maximum.reduceat(maxs, starts, axis=0)
+
+    def points(self, max_points: int | None = None) -> dict[str, np.ndarray]:
+        """``step`` (first step of each bucket), ``steps_per_point``, and per name ``{name}_mean``,
+        ``{name}_max`` (NaN where nothing was measured), in at most ``max_points`` buckets."""
+        ids, sums, counts, maxs, shift = self.ids, self.sums, self.counts, self.maxs, self.shift
+        while max_points and len(ids) > max_points:
+            shift += 1
+            ids = ids >> 1
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            ids = ids[starts]
+            sums, counts = np.add.reduceat(sums, starts, axis=0), np.add.reduceat(counts, starts, axis=0)
+            maxs = np.maximum.reduceat(maxs, starts, axis=0)
+        out: dict[str, np.ndarray] = {"step": (ids << shift) + 1, "steps_per_point": np.array(1 << shift)}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for j, name in enumerate(self.NAMES):
+                n = counts[:, j]
+                out[f"{name}_mean"] = np.where(n > 0, sums[:, j] / np.maximum(n, 1), np.nan)
+                out[f"{name}_max"] = np.where(n > 0, maxs[:, j], np.nan)
+        return out
 
 
 class GroupStats:
@@ -242,6 +304,9 @@ class Scan:
         self.rows = 0
         self.groups: dict[tuple[int, int, int], GroupStats] = {}
         self.curves: dict[tuple[int, int], Envelope] = {}
+        self.rank_curves: dict[tuple[int, int, int], Envelope] = {}  # other ranks: (rank, optimizer, group)
+        self._curve_ranks: set[int] = set()
+        self.step_time: dict[int, Series] = collections.defaultdict(Series)  # optimizer -> step time outline
         self.samples: dict[tuple[int, int], Samples] = {}
         self.skipped: collections.Counter = collections.Counter()  # (rank, optimizer) -> skipped steps
         self.skipped_steps: dict[int, list[int]] = collections.defaultdict(list)
@@ -312,6 +377,9 @@ class Scan:
             stats.add(steps[sl], lrs[sl])
             if primary:
                 self.curves.setdefault(k, Envelope()).add(steps[sl], lrs[sl])
+            elif rank in self._curve_ranks or len(self._curve_ranks) < MAX_RANK_CURVES:
+                self._curve_ranks.add(rank)
+                self.rank_curves.setdefault((rank, *k), Envelope()).add(steps[sl], lrs[sl])
         if not primary:
             return None
         sampled = next((name for name in ("update_norm", "eff_lr", *SAMPLED) if c.has(name)), None)
@@ -344,6 +412,7 @@ class Scan:
             dists["dur_ns"].add(d)
             dists["iter_ns"].add(i)
             dists["data_wait_ns"].add(w)
+            self.step_time[k].add(steps[m], np.stack([i, d, w], axis=1))
             if cuda is not None:
                 dists["cuda_ns"].add(cuda[m])
             timed = i >= 0
