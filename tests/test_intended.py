@@ -86,3 +86,15 @@ def test_the_report_shows_the_damage_in_text_json_and_markdown(tmp_path):
     assert "differs from step 2" in text.stdout and "intended: one scheduler step per epoch" in text.stdout
     markdown = run_lrdebug("report", str(trace), "--format", "markdown")
     assert "differs from step 2" in markdown.stdout
+
+
+def test_the_plot_draws_the_intended_schedule_dashed(tmp_path):
+    pytest.importorskip("matplotlib")
+    from lrdebug.report.renderers.image import figure
+
+    report = lrdebug.Report(_record(GALLERY / "bug_epoch_scheduler_per_batch.py", tmp_path / "t"))
+    steps, intended = report.intended[0][0]
+    lines = [line for ax in figure(report).axes for line in ax.get_lines() if "intended" in line.get_label()]
+    assert len(lines) == 1 and lines[0].get_linestyle() == "--"
+    drawn = lines[0].get_ydata()
+    np.testing.assert_array_equal(drawn[:-1], intended)  # one level per step, the last one held

@@ -1,7 +1,8 @@
 """``lrdebug plot``: the LR schedule of every param group against the optimizer step, as PNG, SVG or PDF.
 
 One panel per optimizer; skipped steps (red ticks at the bottom), finding steps (labelled lines) and
-epoch starts (grey lines) are marked; ``eff_lr`` is drawn as dots when updates were sampled. The y
+epoch starts (grey lines) are marked; ``eff_lr`` is drawn as dots when updates were sampled; the
+schedule a finding meant (``Report.intended``) is drawn dashed. The y
 axis is logarithmic when the positive LRs span more than two decades (symmetric-log, linear near 0,
 when a step used LR 0, so that step stays on the plot). Each step's LR is a level one step wide, the
 last step's included; the x axis ticks integer steps only. Uses matplotlib's object API
@@ -72,6 +73,17 @@ def _panel(ax, report, d, opt: int, curves, samples) -> None:
     if not drawn:
         ax.text(0.5, 0.5, "no optimizer steps", ha="center", va="center", transform=ax.transAxes)
         return
+    for i, groups in report.intended.items():  # the schedule a finding's code meant, dashed
+        f = d["findings"][i]
+        if f.get("optimizer") != opt:
+            continue
+        for g, (x, lrs) in groups.items():
+            if len(x):
+                xs = np.append(x - 0.5, x[-1] + 0.5)
+                ax.plot(xs, np.append(lrs, lrs[-1]), drawstyle="steps-post", lw=1.2, ls="--", color="0.3",
+                        label=f"{clean(report.label(opt, g))} intended ({clean(f.get('code'))})")
+                positive.append(lrs[lrs > 0])
+                zeros = zeros or bool((lrs <= 0).any())
     values = np.concatenate(positive) if positive else np.empty(0)
     if len(values) and values.max() / values.min() > 100:
         if zeros:  # log above the smallest positive LR, linear below it: a step at LR 0 stays on the plot
