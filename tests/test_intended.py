@@ -98,3 +98,10 @@ def test_the_plot_draws_the_intended_schedule_dashed(tmp_path):
     assert len(lines) == 1 and lines[0].get_linestyle() == "--"
     drawn = lines[0].get_ydata()
     np.testing.assert_array_equal(drawn[:-1], intended)  # one level per step, the last one held
+
+
+def test_the_end_of_run_summary_gives_the_damage(tmp_path):
+    proc = run_lrdebug("run", "--out", str(tmp_path / "t"), str(GALLERY / "bug_epoch_scheduler_per_batch.py"))
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stderr.split())  # the summary wraps its lines
+    assert "vs intended: SGD/pg1: differs from step 2, 80 % of steps off by > 1 %" in text

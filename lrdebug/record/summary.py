@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..rules.finding import SEVERITY_RANK, merge_stored
+from ..rules.intended import CODES as INTENDED_CODES
+from ..rules.intended import damage_line, intended_schedules
 from ..tracefile.schema import read_status
 
 CHILD_PREFIX = "child-"
@@ -136,6 +138,23 @@ def _rank_divergence(root: Path, statuses: dict[int, dict[str, Any]]) -> tuple[l
         return [], f"ranks not compared ({type(exc).__name__})"
 
 
+LIVE_REPLAY_STEPS = 100_000  # a longer run's intended schedule is left to `lrdebug report` (seconds of replay)
+
+
+def _damage(root: Path, statuses: dict[int, dict[str, Any]], findings: list[dict[str, Any]]) -> None:
+    """Each finding about a built-in scheduler gets the schedule it meant and the damage on the lowest
+    rank (``rules/intended.py``), as the report shows it."""
+    if not statuses or not any(f.get("code") in INTENDED_CODES for f in findings):
+        return
+    try:
+        rank = min(statuses)
+        meta = statuses[rank].get("meta") if isinstance(statuses[rank].get("meta"), dict) else {}
+        for i, (intended, _) in intended_schedules(root, findings, meta, rank, max_steps=LIVE_REPLAY_STEPS).items():
+            findings[i]["intended"] = intended
+    except Exception:  # noqa: BLE001 - the summary is printed without it
+        pass
+
+
 def _ranks_text(ranks: Iterable[Any]) -> str:
     ranks = list(ranks)
     return ", ".join(str(r) for r in ranks)
@@ -205,6 +224,10 @@ def render(root: Path, statuses: dict[int, dict[str, Any]], findings: list[dict[
             lines += _wrap(f"{f.get('severity', 'info'):7} {f.get('code')}{_where(f)} (x{f.get('count') or 1}{on})",
                            columns, "  ", "          ")
             lines += _wrap(str(f.get("message") or ""), columns, "      ")
+            intended = f.get("intended")
+            if isinstance(intended, dict) and "unavailable" not in intended:
+                for damage in damage_line(intended):
+                    lines += _wrap(f"vs intended: {damage}", columns, "      ")
         if len(shown) > SHOWN:
             lines += _wrap(f"... and {len(shown) - SHOWN} more: lrdebug report {root}", columns, "  ")
     else:
@@ -242,6 +265,7 @@ def summary_text(root: str | os.PathLike, ignore: Iterable[str] = (), wait_s: fl
         extra, note = [], None
     else:
         extra, note = _rank_divergence(root, statuses)
+        _damage(root, statuses, findings)
     for f in extra:
         f["ranks"] = sorted(statuses)
     return render(root, statuses, findings + extra, missing=missing, running=running, waited_s=waited,

@@ -139,7 +139,7 @@ class Report:
 
     def _intend(self, trace: Trace, rank: int) -> None:
         """The schedule each finding's code meant, and the damage (``finding["intended"]``)."""
-        from .intended import intended_schedules
+        from ..rules.intended import intended_schedules
 
         meta = trace.meta.get(rank) or next(iter(trace.meta.values()), {})
         found = intended_schedules(self.path, self.findings, meta, rank, self.epoch_steps)

@@ -80,11 +80,9 @@ def damage_lines(d: dict[str, Any], f: dict[str, Any]) -> list[str]:
     intended = f.get("intended")
     if not isinstance(intended, dict):
         return []
-    from ..intended import damage_line
+    from ...rules.intended import damage_line
 
-    labels = {g.get("group", g.get("index")): g.get("label") for o in d.get("optimizers") or []
-              if o.get("index") == f.get("optimizer") for g in o.get("groups") or []}
-    return damage_line(intended, lambda g: labels.get(g) or f"group {g}")
+    return damage_line(intended)
 
 
 def versions_text(trace: dict[str, Any]) -> str:

@@ -18,15 +18,17 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from ..rules.state import lengths
 from ..tracefile import read_trace
 from ..tracefile.schema import (
+    EPOCH_START,
     OPTIMIZER_LOAD_STATE,
     OPTIMIZER_STEP,
     ORIGIN_INIT,
     SCHEDULER_INIT,
     SCHEDULER_STEP,
 )
+from .labels import group_label, optimizer_label
+from .state import lengths
 
 REPLAY_MAX_STEPS = 1_000_000  # an optimizer with more steps is not replayed (seconds of Python per million)
 OFF = 0.01  # a step is "off" when its LR differs from the intended one by more than 1 % (relative)
@@ -51,30 +53,62 @@ class Unavailable(Exception):
 
 
 def intended_schedules(path, findings: list[dict[str, Any]], meta: dict[str, Any], rank: int,
-                       epoch_steps) -> dict[int, tuple[dict[str, Any], dict[int, tuple[np.ndarray, np.ndarray]]]]:
+                       epoch_steps=None, max_steps: int | None = None
+                       ) -> dict[int, tuple[dict[str, Any], dict[int, tuple[np.ndarray, np.ndarray]]]]:
     """Per index into ``findings`` (those with a code in CODES): (the summary for the JSON and the text:
     assumption and per-group damage, or ``unavailable`` with the reason; per group the steps and the
     intended LRs for the charts). ``epoch_steps(optimizer)`` gives the optimizer's step count at
-    each epoch start; ``rank`` is the rank whose steps are compared."""
+    each epoch start (default: read from the trace); ``rank`` is the rank whose steps are compared;
+    ``max_steps`` lowers the replay's limit (the end-of-run summary keeps the close short)."""
     wanted = [i for i, f in enumerate(findings) if f.get("code") in _MEANT and f.get("scheduler") is not None]
     if not wanted:
         return {}
     table = read_trace(path, columns=["rank", "seq", "event", "optimizer", "group", "step", "lr", "value",
-                                      "scheduler", "origin"]).table
+                                      "scheduler", "origin", "loader"]).table
     if table.num_rows:
         table = table.filter(pc.equal(table["rank"], rank))
+    if epoch_steps is None:
+        epoch_steps = _epoch_steps(table)
     scheds = {s.get("index"): s for s in meta.get("schedulers") or [] if isinstance(s, dict)}
+    opts = {o.get("index"): o for o in meta.get("optimizers") or [] if isinstance(o, dict)}
     out = {}
     for i in wanted:
         f = findings[i]
         try:
-            out[i] = _one(f, scheds.get(f["scheduler"]), table, epoch_steps)
+            out[i] = _one(f, scheds.get(f["scheduler"]), table, epoch_steps, max_steps or REPLAY_MAX_STEPS)
         except Unavailable as why:
             out[i] = ({"unavailable": str(why)}, {})
+            continue
+        opt = opts.get(f["optimizer"]) or {}
+        names = [g.get("name") if isinstance(g, dict) else None for g in opt.get("groups") or []]
+        for d in out[i][0]["groups"]:
+            g = d["group"]
+            d["label"] = group_label(optimizer_label(opt.get("class"), f["optimizer"]),
+                                     names[g] if g < len(names) else None, g)
     return out
 
 
-def _one(f: dict[str, Any], sched: dict[str, Any] | None, table, epoch_steps):
+def _epoch_steps(table):
+    """``epoch_steps(optimizer)`` from the rows: the optimizer's step count at each epoch start of the
+    busiest DataLoader (as the report's scan counts them)."""
+    starts = table.filter(pc.equal(table["event"], EPOCH_START))
+    loaders = collections.Counter(starts["loader"].to_pylist())
+    if not loaders:
+        return lambda opt: []
+    busiest = min(loaders, key=lambda k: (-loaders[k], -1 if k is None else k))
+    seqs = np.sort(np.asarray([s for s, ld in zip(starts["seq"].to_pylist(), starts["loader"].to_pylist())
+                               if ld == busiest], dtype=np.int64))
+
+    def steps_at(opt: int) -> list[int]:
+        rows = table.filter(pc.and_(pc.equal(table["event"], OPTIMIZER_STEP), pc.equal(table["optimizer"], opt)))
+        rows = rows.filter(pc.equal(pc.fill_null(rows["group"], 0), 0))
+        done = np.sort(rows["seq"].to_numpy(zero_copy_only=False))
+        return np.searchsorted(done, seqs).tolist()
+
+    return steps_at
+
+
+def _one(f: dict[str, Any], sched: dict[str, Any] | None, table, epoch_steps, max_steps: int):
     opt = f.get("optimizer")
     if sched is None or opt is None:
         raise Unavailable("the scheduler is not in the trace's metadata")
@@ -89,8 +123,8 @@ def _one(f: dict[str, Any], sched: dict[str, Any] | None, table, epoch_steps):
         return _held(f, steps, actual)
     if sched.get("module") != _BUILT_IN:
         raise Unavailable(f"{sched.get('class')} is not one of PyTorch's schedulers: it cannot be replayed")
-    if len(steps) > REPLAY_MAX_STEPS:
-        raise Unavailable(f"{len(steps):,} optimizer steps: longer than the {REPLAY_MAX_STEPS:,} replayed")
+    if len(steps) > max_steps:
+        raise Unavailable(f"{len(steps):,} optimizer steps: longer than the {max_steps:,} replayed")
     if meant == UNSHIFTED:
         positions = np.maximum(_positions_as_run(table, opt, f["scheduler"]) - 1, 0)
         assumption = "the scheduler stepped when it did, minus the step taken before the optimizer's first"
@@ -229,14 +263,15 @@ def _damage(assumption: str, steps: np.ndarray, actual: np.ndarray, intended: np
     return {"assumption": assumption, "groups": groups}, curves
 
 
-def damage_line(intended: dict[str, Any], label=lambda g: f"group {g}") -> list[str]:
+def damage_line(intended: dict[str, Any]) -> list[str]:
     """One line per group: how far the run was from the schedule it meant."""
     if "unavailable" in intended:
         return [f"intended schedule unavailable: {intended['unavailable']}"]
     lines = []
     for d in intended.get("groups") or []:
+        name = d.get("label") or f"group {d['group']}"
         if d["first_diff_step"] is None:
-            lines.append(f"{label(d['group'])}: the LR was the intended one at every step ({intended['assumption']})")
+            lines.append(f"{name}: the LR was the intended one at every step ({intended['assumption']})")
             continue
         parts = []
         if d["max_ratio"] is not None and d["max_ratio"] > 1 + OFF:
@@ -247,7 +282,7 @@ def damage_line(intended: dict[str, Any], label=lambda g: f"group {g}") -> list[
         total_a, total_i = d["lr_sum_actual"], d["lr_sum_intended"]
         budget = f"; LR sum {total_a:.4g} vs {total_i:.4g} intended" + (
             f" ({100 * (total_a / total_i - 1):+.0f} %)" if total_i else "")
-        lines.append(f"{label(d['group'])}: differs from step {d['first_diff_step']}, {100 * d['share_off']:.0f} % of "
+        lines.append(f"{name}: differs from step {d['first_diff_step']}, {100 * d['share_off']:.0f} % of "
                      f"steps off by > 1 %{ratio}{budget} — intended: {intended['assumption']}")
     return lines
 
