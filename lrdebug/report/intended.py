@@ -60,7 +60,7 @@ def intended_schedules(path, findings: list[dict[str, Any]], meta: dict[str, Any
     if not wanted:
         return {}
     table = read_trace(path, columns=["rank", "seq", "event", "optimizer", "group", "step", "lr", "value",
-                                      "scheduler", "origin"]).table
+                                      "scheduler", "origin"], ranks=[rank]).table
     if table.num_rows:
         table = table.filter(pc.equal(table["rank"], rank))
     scheds = {s.get("index"): s for s in meta.get("schedulers") or [] if isinstance(s, dict)}
