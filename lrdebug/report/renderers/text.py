@@ -60,10 +60,10 @@ def renderables(report, width: int) -> Iterable[Any]:
     yield _findings(d)
     yield from _timing(d)
     if len(d["ranks"]) > 1:
-        if "rank_groups" in d:
-            yield from _rank_story(d)
         if len(d["ranks"]) <= 8 or "rank_groups" not in d:
             yield _ranks_table(d)
+        if "rank_groups" in d:
+            yield from _rank_story(d)
     for note in d["notes"]:
         if note != NO_STEPS:  # said above, as the headline
             yield T(f"note: {note}", "yellow")
