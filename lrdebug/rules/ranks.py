@@ -140,12 +140,15 @@ def _count_findings(con, ranks: list[int], labels: _Labels) -> list[Finding]:
     """Ranks ended with different step or skipped-step counts (one finding per optimizer and kind)."""
     from ..tracefile.sql import VIEW
 
+    # Two plain aggregates joined (a DISTINCT over every row of every rank would hold them all).
     per_rank = con.execute(f"""
-        SELECT optimizer, rank, max(step) FILTER (WHERE event = '{OPTIMIZER_STEP}'),
-               count(DISTINCT step) FILTER (WHERE event = '{OPTIMIZER_STEP_SKIPPED}'),
-               min(step) FILTER (WHERE event = '{OPTIMIZER_STEP_SKIPPED}')
-        FROM {VIEW} WHERE {_EVENTS} AND optimizer IS NOT NULL AND step IS NOT NULL
-        GROUP BY ALL ORDER BY ALL""").fetchall()
+        WITH done AS (SELECT optimizer, rank, max(step) AS last FROM {VIEW}
+                      WHERE event = '{OPTIMIZER_STEP}' AND optimizer IS NOT NULL AND step IS NOT NULL GROUP BY ALL),
+             skip AS (SELECT optimizer, rank, count(DISTINCT step) AS n, min(step) AS first FROM {VIEW}
+                      WHERE event = '{OPTIMIZER_STEP_SKIPPED}' AND optimizer IS NOT NULL AND step IS NOT NULL
+                      GROUP BY ALL)
+        SELECT optimizer, rank, done.last, coalesce(skip.n, 0), skip.first
+        FROM done FULL JOIN skip USING (optimizer, rank) ORDER BY ALL""").fetchall()
     by_opt: dict[int, list[tuple]] = {}
     for row in per_rank:
         by_opt.setdefault(int(row[0]), []).append(row[1:])
