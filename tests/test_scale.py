@@ -158,3 +158,51 @@ def test_many_ranks_findings_computed_across_ranks(tmp_path, capsys):
     assert "rank-divergence computed across ranks" in d["findings_source"]
     (f,) = [f for f in d["findings"] if f["code"] == "rank-divergence"]
     assert f["step"] == 70000 and "ranks 0-1 used" in f["message"] and "rank 2 used" in f["message"]
+
+
+def _readme_blocks(lang: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("#### Queries over many ranks", 1)[1].split("\n## ", 1)[0]
+    return [b.split("\n", 1)[1] for b in section.split("```")[1::2] if b.startswith(lang)]
+
+
+def test_readme_duckdb_queries(four):
+    import duckdb
+
+    (sql,) = _readme_blocks("sql")
+    lr_at_k, odd = [q for q in sql.replace("runs/big", str(four)).split(";") if q.strip()]
+    con = duckdb.connect()
+    rows = con.sql(lr_at_k).fetchall()
+    assert [(r, g) for r, g, _ in rows] == [(r, g) for r in range(4) for g in (0, 1)]
+    by_rank = {(r, g): lr for r, g, lr in rows}
+    assert by_rank[(1, 0)] == pytest.approx(1.1 * by_rank[(0, 0)]) and by_rank[(3, 1)] == by_rank[(0, 1)]
+    assert con.sql(odd).fetchall() == [(2, 900)]
+
+
+def test_readme_polars_queries(four):
+    pl = pytest.importorskip("polars")
+    (code,) = _readme_blocks("python")
+    scope: dict = {"pl": pl}
+    exec(code.replace("runs/big", str(four)), scope)  # noqa: S102 - the README's own example
+    assert scope["lr_at_k"].height == 8 and scope["lr_at_k"]["rank"].to_list() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert scope["odd"].rows() == [(2, 900)]
+
+
+@pytest.mark.parametrize("where", [0.3, 0.5, 0.7])
+def test_damaged_page_in_another_rank_never_crashes_the_report(four, tmp_path, where):
+    """DuckDB reads the other ranks; a damaged page there is a note (or every part is read and
+    validated instead), never a traceback."""
+    import shutil
+
+    copy = tmp_path / "t4"
+    shutil.copytree(four, copy)
+    part = next((copy / "rank=2").glob("part-*.parquet"))
+    data = bytearray(part.read_bytes())
+    at = int(len(data) * where)
+    data[at:at + 64] = bytes(64)
+    part.write_bytes(bytes(data))
+    proc = subprocess.run([sys.executable, "-m", "lrdebug", "report", str(copy), "--format", "json"],
+                          capture_output=True, text=True)
+    assert proc.returncode in (0, 1, 2) and "Traceback" not in proc.stderr, proc.stderr
+    if proc.returncode == 0:
+        assert json.loads(proc.stdout)["ranks"] == [0, 1, 2, 3]
