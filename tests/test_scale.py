@@ -148,6 +148,11 @@ def test_rank_divergence_equals_the_pandas_comparison(tmp_path, flags):
     assert _same(rank_findings(trace), old) is None
     # the report's path: DuckDB over the Parquet parts, not the rows in memory
     assert _same(rank_findings(trace, con=CrossRank(read_trace(out, columns=[])).con), old) is None
+    # ... and reading only one rank per distinct schedule fingerprint
+    cross = CrossRank(read_trace(out, columns=[])).run()
+    reps = cross.representatives(trace.ranks)
+    assert _same(rank_findings(trace, con=cross.con, compare=reps), old) is None
+    assert len(reps) < len(trace.ranks) or len(trace.ranks) <= 3
     assert bool(old) == (flags[1] != "2")
 
 

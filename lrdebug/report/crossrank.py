@@ -88,6 +88,16 @@ class CrossRank:
             self.timing.setdefault((r, o), {})[kind] = q
             i = j
 
+    def representatives(self, ranks: list[int]) -> list[int]:
+        """One rank per distinct LR schedule (per optimizer and group, the lowest rank with each
+        fingerprint): every other rank used bit for bit the LRs of one of these at every step."""
+        keep: dict[tuple, int] = {}
+        for (r, o, g), fp in self.fingerprints.items():
+            if r in ranks:
+                key = (o, g, fp)
+                keep[key] = min(keep.get(key, r), r)
+        return sorted(set(keep.values()))
+
     # -- the story
     def story(self, ranks: list[int], labels) -> dict[str, Any]:
         """``rank_groups`` (agreeing ranks together, largest first; the others with their first

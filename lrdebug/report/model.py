@@ -61,7 +61,7 @@ def _findings(trace: Trace, rows: int, cross=None) -> tuple[list[dict[str, Any]]
             from ..rules.ranks import CODE, rank_findings
 
             try:
-                found = rank_findings(trace, con=cross.con)
+                found = rank_findings(trace, con=cross.con, compare=cross.representatives(trace.ranks))
             except Exception as exc:  # noqa: BLE001
                 return stored, source + f"; ranks not compared ({short_error(exc)})"
             stored = [f for f in stored if f.get("code") != CODE] + [f.to_dict() for f in found]

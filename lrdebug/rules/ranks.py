@@ -25,13 +25,15 @@ _REL_TOL = 1e-12
 _EVENTS = f"event IN ('{OPTIMIZER_STEP}', '{OPTIMIZER_STEP_SKIPPED}')"
 
 
-def rank_findings(trace, con=None) -> list[Finding]:
+def rank_findings(trace, con=None, compare: list[int] | None = None) -> list[Finding]:
     """`rank-divergence` findings of a trace (a ``tracefile.Trace``); none when it has one rank.
 
     The comparison runs in DuckDB over a view ``events`` (``tracefile.sql``): ``con`` when given (a
     view over the Parquet parts of any number of ranks, as the report builds it), else over the
     trace's rows in memory. Every query is a grouped aggregate; no rank is compared with another in
-    Python.
+    Python. ``compare``: the ranks whose LRs can differ (the caller knows that every other rank
+    used bit for bit the LRs of one of them, from schedule fingerprints): the per-step comparison
+    reads only their partitions, and the ranks on each side are still named from every rank.
     """
     from ..tracefile.sql import VIEW, connect, table_view
 
@@ -48,7 +50,7 @@ def rank_findings(trace, con=None) -> list[Finding]:
     if len(ranks) < 2:
         return []
     labels = _Labels(trace.meta, trace.status, ranks)
-    return _lr_findings(con, labels) + _count_findings(con, ranks, labels)
+    return _lr_findings(con, labels, compare) + _count_findings(con, ranks, labels)
 
 
 class _Labels:
@@ -94,17 +96,18 @@ def _fmt(v: float) -> str:
     return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
 
 
-def _lr_findings(con, labels: _Labels) -> list[Finding]:
+def _lr_findings(con, labels: _Labels, compare: list[int] | None = None) -> list[Finding]:
     """At the same optimizer step, ranks used different LRs (one finding per optimizer and group)."""
     from ..tracefile.sql import VIEW
 
+    only = "" if compare is None else f"AND rank IN ({', '.join(str(int(r)) for r in compare) or 'NULL'})"
     bad = con.execute(f"""
         WITH agg AS (
             SELECT optimizer AS o, coalesce("group", -1) AS g, step,
                    min(lr) FILTER (WHERE NOT isnan(lr)) AS lo, max(lr) FILTER (WHERE NOT isnan(lr)) AS hi,
                    count(*) AS n, count(*) FILTER (WHERE lr IS NULL OR isnan(lr)) AS nans
             FROM {VIEW}
-            WHERE event = '{OPTIMIZER_STEP}' AND optimizer IS NOT NULL AND step IS NOT NULL
+            WHERE event = '{OPTIMIZER_STEP}' AND optimizer IS NOT NULL AND step IS NOT NULL {only}
             GROUP BY ALL)
         SELECT o, g, min(step), count(*) FROM agg
         WHERE (nans > 0 AND nans < n) OR (hi - lo) > {_REL_TOL!r} * greatest(abs(lo), abs(hi))
