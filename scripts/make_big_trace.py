@@ -2,10 +2,10 @@
 
     python scripts/make_big_trace.py --rows 10000000 /tmp/big
     python scripts/make_big_trace.py --ranks 256 --rows 200000 --groups 2 --diverge 7:50000 --short 200:90000 \
-        --slow 13:1.8 /tmp/big256       # 256 ranks of 100k steps x 2 groups, one diverging, one short, one slow
+        --slow 13:1.8 /tmp/big256    # 256 ranks x 100k steps x 2 groups: one diverging, one short, one slow
 
-``--rows`` counts optimizer_step rows (per rank with ``--ranks``). Each iteration also records a zero_grad and a scheduler_step,
-as a loop stepping a per-batch scheduler does; a DataLoader epoch starts every ``--epoch`` steps and
+``--rows`` counts optimizer_step rows (per rank with ``--ranks``). Each iteration also records a
+zero_grad and a scheduler_step, as a loop stepping a per-batch scheduler does; a DataLoader epoch starts every ``--epoch`` steps and
 the update is sampled every 100 steps. Parts are written through ``tracefile.writer.PartWriter``, 65,536
 events each: about a real fast loop's part (16,384 steps of 3-5 events), so the files look like a
 real run's.

@@ -146,7 +146,10 @@ class CrossRank:
         opts = sorted({o for _, o in self.timing})
         if not opts:
             return None
-        o = max(opts, key=lambda k: sum(t.get("dur_ns", {}).get("n", 0) for (r, kk), t in self.timing.items() if kk == k))
+        def steps(k):
+            return sum(t.get("dur_ns", {}).get("n", 0) for (_, kk), t in self.timing.items() if kk == k)
+
+        o = max(opts, key=steps)
         per = []
         for r in ranks:
             t = self.timing.get((r, o))

@@ -23,8 +23,9 @@ MEMORY_LIMIT = os.environ.get("LRDEBUG_DUCKDB_MEMORY", "1GB")
 def _sql_type(t: pa.DataType) -> str:
     if pa.types.is_dictionary(t):
         t = t.value_type
-    return {pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
-            pa.float64(): "DOUBLE", pa.float32(): "FLOAT", pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN"}.get(t, "VARCHAR")
+    names = {pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+             pa.float64(): "DOUBLE", pa.float32(): "FLOAT", pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN"}
+    return names.get(t, "VARCHAR")
 
 
 def quote(name: str) -> str:
@@ -49,7 +50,8 @@ def parquet_view(con, parts: list[tuple[int, Path]], present: set[str], columns:
     cols = [f"CAST({quote(c)} AS {_sql_type(SCHEMA.field(c).type)}) AS {quote(c)}" if c in present
             else f"CAST(NULL AS {_sql_type(SCHEMA.field(c).type)}) AS {quote(c)}" for c in columns if c != "rank"]
     if not parts:
-        nulls = ", ".join(f"CAST(NULL AS {_sql_type(SCHEMA.field(c).type)}) AS {quote(c)}" for c in columns if c != "rank")
+        nulls = ", ".join(f"CAST(NULL AS {_sql_type(SCHEMA.field(c).type)}) AS {quote(c)}"
+                          for c in columns if c != "rank")
         con.execute(f"CREATE OR REPLACE VIEW {VIEW} AS SELECT CAST(NULL AS INTEGER) AS rank, {nulls} WHERE false")
         return
     con.execute(f"CREATE OR REPLACE VIEW {VIEW} AS SELECT rank, {', '.join(cols)} "
