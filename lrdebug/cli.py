@@ -40,6 +40,15 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _rank_spec(text: str) -> list[int]:
+    from .tracefile.reader import parse_ranks
+
+    try:
+        return parse_ranks(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line and exit 2, like every other bad input
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -66,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", help="output file (required for --format html; else stdout)")
     report.add_argument("--fail-on", choices=["error", "warning", "info", "never"], default="never",
                         help="exit 1 when a finding at or above this severity exists")
+    report.add_argument("--rank", type=_rank_spec, default=None, metavar="R",
+                        help="report these ranks only: R, A-B or a list like 0-3,8 (others are not read)")
     report.add_argument("--width", type=int, default=None, help=argparse.SUPPRESS)
 
     diff = sub.add_parser("diff", help="first step where two traces' learning rates differ")
@@ -311,7 +322,7 @@ def report_command(args) -> int:
     from .report import Report
 
     out = _html_output(args) if args.format == "html" else None
-    report = Report(args.trace)
+    report = Report(args.trace, ranks=args.rank)
     for note in report.trace.skipped:
         print(f"lrdebug report: skipped unreadable part {note}", file=sys.stderr)
     if out is not None:

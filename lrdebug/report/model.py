@@ -25,7 +25,8 @@ import numpy as np
 from ..rules import SEVERITY_RANK, labels
 from ..rules.finding import merge_stored
 from ..tracefile import Trace, TraceError, read_trace
-from ..tracefile.reader import find_parts, short_error
+from ..tracefile.reader import find_parts, parse_ranks, short_error
+from .crossrank import CrossRank
 from .scan import SAMPLED, GroupStats, Scan, scan_trace
 
 REPORT_VERSION = "1.0"
@@ -42,7 +43,7 @@ def _stored_findings(trace: Trace) -> list[dict[str, Any]]:
     return merge_stored(trace.status)
 
 
-def _findings(trace: Trace, rows: int) -> tuple[list[dict[str, Any]], str]:
+def _findings(trace: Trace, rows: int, cross=None) -> tuple[list[dict[str, Any]], str]:
     """Recheck the events with the current rules when the trace is small enough; else the stored findings.
 
     The rule engine rebuilds events in Python (~15 µs a row), so a closed trace above
@@ -55,7 +56,17 @@ def _findings(trace: Trace, rows: int) -> tuple[list[dict[str, Any]], str]:
     except ImportError:
         return _stored_findings(trace), "recorded"
     if rows > RECHECK_MAX_ROWS * (1 if closed else 10):
-        return _stored_findings(trace), f"recorded (not rechecked: {rows:,} rows)"
+        stored, source = _stored_findings(trace), f"recorded (not rechecked: {rows:,} rows)"
+        if cross is not None:  # each rank stored its own findings; the comparison of ranks runs here
+            from ..rules.ranks import CODE, rank_findings
+
+            try:
+                found = rank_findings(trace, con=cross.con, compare=cross.representatives(trace.ranks))
+            except Exception as exc:  # noqa: BLE001
+                return stored, source + f"; ranks not compared ({short_error(exc)})"
+            stored = [f for f in stored if f.get("code") != CODE] + [f.to_dict() for f in found]
+            source += "; rank-divergence computed across ranks"
+        return stored, source
     try:
         return [f.to_dict() for f in check_trace(trace)], "rechecked"
     except Exception as exc:  # noqa: BLE001 - an unreadable event stream still has its recorded findings
@@ -109,16 +120,34 @@ class Report:
     ``./lrdebug-traces/``. Raises ``TraceError`` for unusable input.
     """
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, ranks=None) -> None:
         self.path = Path(path) if path is not None else newest_trace()
-        trace = read_trace(self.path, columns=[])
-        parts = find_parts(self.path)
-        scan, t_max, read = scan_trace(trace)
+        trace = read_trace(self.path, columns=[], ranks=ranks)
+        parts = find_parts(self.path, parse_ranks(ranks))
+        self.cross = self.cross_note = None
+        if len(set(trace.ranks) | {r for r, _ in trace.parts}) > 1:
+            # Every rank's step counts, LR statistics, schedule fingerprint and step times in DuckDB;
+            # the detail (curves, timing, epochs) of the lowest rank from its parts alone.
+            if not trace.uniform:
+                self.cross_note = "ranks compared by reading every part (some parts have other column types)"
+            else:
+                try:
+                    self.cross = CrossRank(trace).run()
+                except Exception as exc:  # noqa: BLE001 - a damaged page: every part read and validated instead
+                    self.cross_note = f"ranks compared by reading every part ({short_error(exc)})"
+        scan, t_max, read = scan_trace(trace, only_primary=self.cross is not None)
+        if self.cross is not None:
+            for key, st in self.cross.groups.items():
+                if key[0] != scan.primary:
+                    scan.groups[key] = st
+            for key, n in self.cross.skipped.items():
+                if key[0] != scan.primary:
+                    scan.skipped[key] = n
         if parts and not read and not trace.status:
             raise TraceError(f"{self.path}: no readable part ({'; '.join(trace.skipped[:3])})")
         self.trace = trace
         self.scan = scan
-        findings, source = _findings(trace, scan.rows)
+        findings, source = _findings(trace, max(scan.rows, trace.rows), self.cross)
         self.findings = _sort_findings(findings)
         self._add_source_lines(trace)
         self.intended: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}  # finding index -> group -> curve
@@ -229,6 +258,8 @@ class Report:
             notes += [f"skipped unreadable part {s}" for s in trace.skipped]
         if not any(r == primary for r, *_ in scan.groups):
             notes.append(NO_STEPS)
+        if self.cross_note:
+            notes.append(self.cross_note)
 
         optimizers = []
         opt_indices = sorted({o for r, o, _ in scan.groups if r == primary} | set(range(len(opts_meta))))
@@ -308,6 +339,8 @@ class Report:
             "epochs": {"loaders": dict(sorted(epochs.items())), "count": max(epochs.values(), default=0)},
             "notes": notes,
         }
+        if self.cross is not None:
+            data.update(self.cross.story(trace.ranks, lambda o, g: group_label(opts_meta, o, g)))
         return _jsonable(data)
 
     def _updates(self, o: int, g: int) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..tracefile import Trace
-from ..tracefile.reader import conform, find_parts, short_error
+from ..tracefile.reader import conform, short_error
 from ..tracefile.schema import (
     EPOCH_START,
     OPTIMIZER_STEP,
@@ -486,14 +486,17 @@ def read_part(path: Path, columns: list[str] = COLUMNS) -> tuple[list[pa.RecordB
     return table.to_batches(), t_max
 
 
-def scan_trace(trace: Trace) -> tuple[Scan, dict[int, int], int]:
-    """Stream every readable part of ``trace`` through a ``Scan``; parts that fail are added to ``trace.skipped``.
+def scan_trace(trace: Trace, only_primary: bool = False) -> tuple[Scan, dict[int, int], int]:
+    """Stream the readable parts of ``trace`` through a ``Scan``; parts that fail are added to ``trace.skipped``.
 
+    ``only_primary``: read the lowest rank's parts alone (the other ranks are summarised in DuckDB).
     Returns the scan, the largest ``t_ns`` per rank and the number of parts read.
     """
     skipped = {s.split(" (")[0] for s in trace.skipped}
-    parts = [(r, p) for r, _, p in find_parts(trace.path) if str(p.relative_to(trace.path)) not in skipped]
+    parts = [(r, p) for r, p in trace.parts if str(p.relative_to(trace.path)) not in skipped]
     scan = Scan(min([r for r, _ in parts] or trace.ranks or [0]))
+    if only_primary:
+        parts = [(r, p) for r, p in parts if r == scan.primary]
     t_max: dict[int, int] = {}
     read = 0
     with ThreadPoolExecutor(max_workers=2) as pool:

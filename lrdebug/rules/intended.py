@@ -64,7 +64,7 @@ def intended_schedules(path, findings: list[dict[str, Any]], meta: dict[str, Any
     if not wanted:
         return {}
     table = read_trace(path, columns=["rank", "seq", "event", "optimizer", "group", "step", "lr", "value",
-                                      "scheduler", "origin", "loader"]).table
+                                      "scheduler", "origin", "loader"], ranks=[rank]).table
     if table.num_rows:
         table = table.filter(pc.equal(table["rank"], rank))
     if epoch_steps is None:

@@ -135,7 +135,7 @@ def check_trace(trace) -> list[Finding]:
 
     table = trace.table
     if not {"rank", "seq", "event"} <= set(table.column_names):
-        table = read_trace(trace.path, columns=_COLUMNS).table
+        table = read_trace(trace.path, columns=_COLUMNS, ranks=trace.selected).table
     ranks = sorted(set(trace.meta) | {r for r in table.column("rank").unique().to_pylist() if r is not None})
     merged: dict[tuple, Finding] = {}
     for rank in ranks:

@@ -18,43 +18,39 @@ from .registry import CODES, define
 CODE = "rank-divergence"
 define(CODE, "error", "ranks disagree on the LR or step count at the same step", "ranks")
 _NEEDED = ["rank", "event", "optimizer", "group", "step", "lr"]
-_WANTED = _NEEDED + ["file", "line"]
+_WANTED = ["rank", "seq", "event", "optimizer", "group", "step", "lr", "file", "line"]
 # Ranks run the same scheduler code on the same inputs, so their LRs are bit-identical; the tolerance
 # only absorbs a last-digit difference between hosts.
 _REL_TOL = 1e-12
+_EVENTS = f"event IN ('{OPTIMIZER_STEP}', '{OPTIMIZER_STEP_SKIPPED}')"
 
 
-def rank_findings(trace) -> list[Finding]:
-    """`rank-divergence` findings of a trace (a ``tracefile.Trace``); none when it has one rank."""
-    table = trace.table
-    if not set(_NEEDED) <= set(table.column_names):
-        from ..tracefile import read_trace
+def rank_findings(trace, con=None, compare: list[int] | None = None) -> list[Finding]:
+    """`rank-divergence` findings of a trace (a ``tracefile.Trace``); none when it has one rank.
 
-        table = read_trace(trace.path, columns=_WANTED).table
-    ranks = sorted(set(trace.ranks) | set(table.column("rank").unique().to_pylist()) - {None})
+    The comparison runs in DuckDB over a view ``events`` (``tracefile.sql``): ``con`` when given (a
+    view over the Parquet parts of any number of ranks, as the report builds it), else over the
+    trace's rows in memory. Every query is a grouped aggregate; no rank is compared with another in
+    Python. ``compare``: the ranks whose LRs can differ (the caller knows that every other rank
+    used bit for bit the LRs of one of them, from schedule fingerprints): the per-step comparison
+    reads only their partitions, and the ranks on each side are still named from every rank.
+    """
+    from ..tracefile.sql import VIEW, connect, table_view
+
+    if con is None:
+        table = trace.table
+        if not set(_NEEDED) <= set(table.column_names):
+            from ..tracefile import read_trace
+
+            table = read_trace(trace.path, columns=_WANTED, ranks=getattr(trace, "selected", None)).table
+        con = connect()
+        table_view(con, table, _WANTED)
+    present = {r for (r,) in con.execute(f"SELECT DISTINCT rank FROM {VIEW} WHERE rank IS NOT NULL").fetchall()}
+    ranks = sorted(set(trace.ranks) | present)
     if len(ranks) < 2:
         return []
-    df = _steps_frame(table)
     labels = _Labels(trace.meta, trace.status, ranks)
-    findings = _lr_findings(df, labels) + _count_findings(df, ranks, labels)
-    return findings
-
-
-def _steps_frame(table):
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    names = [c for c in _WANTED if c in table.column_names]
-    events = table.column("event")
-    if pa.types.is_dictionary(events.type):
-        events = events.cast(pa.string())
-    mask = pc.is_in(events, value_set=pa.array([OPTIMIZER_STEP, OPTIMIZER_STEP_SKIPPED]))
-    sub = table.select(names).filter(mask)
-    sub = sub.set_column(names.index("event"), "event", sub.column("event").cast(pa.string()))
-    for name in ("file",):
-        if name in names and pa.types.is_dictionary(sub.column(name).type):
-            sub = sub.set_column(names.index(name), name, sub.column(name).cast(pa.string()))
-    return sub.to_pandas()
+    return _lr_findings(con, labels, compare) + _count_findings(con, ranks, labels)
 
 
 class _Labels:
@@ -100,73 +96,93 @@ def _fmt(v: float) -> str:
     return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
 
 
-def _lr_findings(df, labels: _Labels) -> list[Finding]:
+def _lr_findings(con, labels: _Labels, compare: list[int] | None = None) -> list[Finding]:
     """At the same optimizer step, ranks used different LRs (one finding per optimizer and group)."""
-    steps = df[df["event"] == OPTIMIZER_STEP].dropna(subset=["optimizer", "step"])
-    if steps.empty:
-        return []
-    steps = steps.assign(group=steps["group"].fillna(-1), nan=steps["lr"].isna())
-    keys = ["optimizer", "group", "step"]
-    agg = steps.groupby(keys, sort=True).agg(lo=("lr", "min"), hi=("lr", "max"), n=("lr", "size"),
-                                              nans=("nan", "sum"))
-    mixed_nan = (agg["nans"] > 0) & (agg["nans"] < agg["n"])
-    spread = (agg["hi"] - agg["lo"]) > _REL_TOL * agg[["lo", "hi"]].abs().max(axis=1)
-    bad = agg[mixed_nan | spread.fillna(False)]
+    from ..tracefile.sql import VIEW
+
+    only = "" if compare is None else f"AND rank IN ({', '.join(str(int(r)) for r in compare) or 'NULL'})"
+    bad = con.execute(f"""
+        WITH agg AS (
+            SELECT optimizer AS o, coalesce("group", -1) AS g, step,
+                   min(lr) FILTER (WHERE NOT isnan(lr)) AS lo, max(lr) FILTER (WHERE NOT isnan(lr)) AS hi,
+                   count(*) AS n, count(*) FILTER (WHERE lr IS NULL OR isnan(lr)) AS nans
+            FROM {VIEW}
+            WHERE event = '{OPTIMIZER_STEP}' AND optimizer IS NOT NULL AND step IS NOT NULL {only}
+            GROUP BY ALL)
+        SELECT o, g, min(step), count(*) FROM agg
+        WHERE (nans > 0 AND nans < n) OR (hi - lo) > {_REL_TOL!r} * greatest(abs(lo), abs(hi))
+        GROUP BY o, g ORDER BY o, g""").fetchall()
     findings = []
-    for (opt, group), per_group in bad.groupby(level=["optimizer", "group"], sort=True):
-        first = int(per_group.index.get_level_values("step")[0])
-        rows = steps[(steps["optimizer"] == opt) & (steps["group"] == group) & (steps["step"] == first)]
+    for opt, group, first, differ in bad:
+        rows = con.execute(f"""
+            SELECT rank, lr, file, line FROM {VIEW}
+            WHERE event = '{OPTIMIZER_STEP}' AND optimizer = ? AND coalesce("group", -1) = ? AND step = ?
+            ORDER BY rank, seq""", [opt, group, first]).fetchall()
         by_value: dict[str, list[int]] = {}
-        for r, lr in zip(rows["rank"], rows["lr"]):
+        for r, lr, _, _ in rows:
             by_value.setdefault(_fmt(lr), []).append(int(r))
         common = max(by_value, key=lambda v: (len(by_value[v]), -min(by_value[v])))
         odd_ranks = sorted(r for v, rs in by_value.items() if v != common for r in rs)
         values = "; ".join(f"rank{'s' if len(rs) > 1 else ''} {rank_list(rs)} used {v}"
                            for v, rs in sorted(by_value.items(), key=lambda kv: min(kv[1])))
-        site = rows[rows["rank"] == odd_ranks[0]].iloc[0]
+        site = next((row for row in rows if row[0] == odd_ranks[0]), (None, None, None, None)) if odd_ranks else rows[0]
         label = labels.group(int(opt), int(group)) if group >= 0 else labels.optimizer(int(opt))
         findings.append(Finding(
             code=CODE, severity=CODES[CODE],
             message=(f"ranks disagree on the learning rate of {label} at step {first}: {values}. "
-                     f"{len(per_group)} step(s) differ. Data-parallel replicas that apply different LRs "
+                     f"{differ} step(s) differ. Data-parallel replicas that apply different LRs "
                      "drift apart; check that every rank builds the same optimizer and scheduler "
                      "(same arguments, same resumed state)."),
-            optimizer=int(opt), group=int(group) if group >= 0 else None, step=first,
-            file=_str(site.get("file")), line=_int(site.get("line")), count=len(per_group),
+            optimizer=int(opt), group=int(group) if group >= 0 else None, step=int(first),
+            file=_str(site[2]), line=_int(site[3]), count=int(differ),
         ))
     return findings
 
 
-def _count_findings(df, ranks: list[int], labels: _Labels) -> list[Finding]:
+def _count_findings(con, ranks: list[int], labels: _Labels) -> list[Finding]:
     """Ranks ended with different step or skipped-step counts (one finding per optimizer and kind)."""
+    from ..tracefile.sql import VIEW
+
+    # Two plain aggregates joined (a DISTINCT over every row of every rank would hold them all).
+    per_rank = con.execute(f"""
+        WITH done AS (SELECT optimizer, rank, max(step) AS last FROM {VIEW}
+                      WHERE event = '{OPTIMIZER_STEP}' AND optimizer IS NOT NULL AND step IS NOT NULL GROUP BY ALL),
+             skip AS (SELECT optimizer, rank, count(DISTINCT step) AS n, min(step) AS first FROM {VIEW}
+                      WHERE event = '{OPTIMIZER_STEP_SKIPPED}' AND optimizer IS NOT NULL AND step IS NOT NULL
+                      GROUP BY ALL)
+        SELECT optimizer, rank, done.last, coalesce(skip.n, 0), skip.first
+        FROM done FULL JOIN skip USING (optimizer, rank) ORDER BY ALL""").fetchall()
+    by_opt: dict[int, list[tuple]] = {}
+    for row in per_rank:
+        by_opt.setdefault(int(row[0]), []).append(row[1:])
     findings = []
-    clean = df.dropna(subset=["optimizer", "step"])
-    for opt in sorted(int(o) for o in clean["optimizer"].unique()):
-        rows = clean[clean["optimizer"] == opt]
-        done = rows[rows["event"] == OPTIMIZER_STEP].groupby("rank")["step"].max()
-        last = {r: int(done.get(r, 0)) for r in ranks}
+    for opt, rows in sorted(by_opt.items()):
+        done = {int(r): int(d) for r, d, _, _ in rows if d is not None}
+        last = {r: done.get(r, 0) for r in ranks}
         if len(set(last.values())) > 1:
-            findings.append(_stopped_early(opt, last, rows, labels))
-        skipped = rows[rows["event"] == OPTIMIZER_STEP_SKIPPED].groupby("rank")["step"].nunique()
-        counts = {r: int(skipped.get(r, 0)) for r in ranks}
+            findings.append(_stopped_early(con, opt, last, labels))
+        skipped = {int(r): int(n) for r, _, n, _ in rows}
+        counts = {r: skipped.get(r, 0) for r in ranks}
         if len(set(counts.values())) > 1:
             by_count: dict[int, list[int]] = {}
             for r, c in counts.items():
                 by_count.setdefault(c, []).append(r)
             parts = "; ".join(f"rank{'s' if len(rs) > 1 else ''} {rank_list(rs)}: {c}"
                               for c, rs in sorted(by_count.items()))
-            first = rows[rows["event"] == OPTIMIZER_STEP_SKIPPED]["step"].min()
+            first = min((int(f) for _, _, _, f in rows if f is not None), default=None)
             findings.append(Finding(
                 code=CODE, severity=CODES[CODE],
                 message=(f"ranks skipped different numbers of steps of {labels.optimizer(opt)} "
                          f"(AMP GradScaler found inf/NaN on some ranks only): {parts}. The replicas "
                          "applied different updates; gradients or scaler state are not in sync."),
-                optimizer=opt, step=_int(first), count=max(counts.values()) - min(counts.values()),
+                optimizer=opt, step=first, count=max(counts.values()) - min(counts.values()),
             ))
     return findings
 
 
-def _stopped_early(opt: int, last: dict[int, int], rows, labels: _Labels) -> Finding:
+def _stopped_early(con, opt: int, last: dict[int, int], labels: _Labels) -> Finding:
+    from ..tracefile.sql import VIEW
+
     top = max(last.values())
     early = sorted(r for r, s in last.items() if s < top)
     shortest = min(last.values())
@@ -180,14 +196,14 @@ def _stopped_early(opt: int, last: dict[int, int], rows, labels: _Labels) -> Fin
         for s, rs in sorted(by_step.items())
     )
     full = sorted(r for r, s in last.items() if s == top)
-    site = rows[(rows["rank"] == first_rank) & (rows["step"] == shortest)]
-    site = site.iloc[0] if len(site) else {}
+    site = con.execute(f"""SELECT file, line FROM {VIEW} WHERE {_EVENTS} AND optimizer = ? AND rank = ? AND step = ?
+                           ORDER BY seq LIMIT 1""", [opt, first_rank, shortest]).fetchone() or (None, None)
     return Finding(
         code=CODE, severity=CODES[CODE],
         message=(f"ranks recorded different step counts of {labels.optimizer(opt)}: {stops}, while "
                  f"rank{'s' if len(full) > 1 else ''} {rank_list(full)} reached step {top}. A rank that "
                  "stopped early crashed, hung or left the training loop on its own."),
-        optimizer=opt, step=shortest, file=_str(site.get("file")), line=_int(site.get("line")),
+        optimizer=opt, step=shortest, file=_str(site[0]), line=_int(site[1]),
         count=len(early),
     )
 

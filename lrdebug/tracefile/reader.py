@@ -39,6 +39,11 @@ class Trace:
     meta: dict[int, dict[str, Any]] = field(default_factory=dict)
     status: dict[int, dict[str, Any]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    parts: list[tuple[int, Path]] = field(default_factory=list)  # readable parts (footer and metadata)
+    present: set[str] = field(default_factory=set)  # columns some readable part has
+    rows: int = 0  # rows of the readable parts (their footers)
+    uniform: bool = True
+    selected: list[int] | None = None  # the ranks asked for (None: every rank)  # every readable part's columns have the schema's types (queried as they are)
 
     @property
     def ranks(self) -> list[int]:
@@ -116,12 +121,51 @@ def _conform(table: pa.Table, columns: list[str], rank: int) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(c) for c in columns]))
 
 
-def find_parts(root: Path) -> list[tuple[int, int, Path]]:
+def parse_ranks(spec) -> list[int] | None:
+    """``"0-3,8"`` -> ``[0, 1, 2, 3, 8]``; an int or an iterable of ints as they are; None: every rank.
+    Raises ValueError with a one-line message for anything else."""
+    if spec is None:
+        return None
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = [spec]
+    if isinstance(spec, str):
+        out: set[int] = set()
+        for item in spec.split(","):
+            item = item.strip()
+            lo, dash, hi = item.partition("-")
+            if not lo.isdigit() or (dash and not hi.isdigit()) or len(lo) > 9 or len(hi) > 9:
+                raise ValueError(f"bad rank {item!r} in {spec!r} (expected R, A-B or a list like 0-3,8)")
+            a, b = int(lo), int(hi) if dash else int(lo)
+            if b < a:
+                raise ValueError(f"bad rank range {item!r} (the end is below the start)")
+            if b - a > 1_000_000:
+                raise ValueError(f"rank range {item!r} is too large")
+            out.update(range(a, b + 1))
+        return sorted(out)
+    try:
+        ranks = sorted({int(r) for r in spec})
+    except (TypeError, ValueError):
+        raise ValueError(f"ranks must be integers, a range or a list like 0-3,8, not {spec!r}") from None
+    if any(r < 0 for r in ranks):
+        raise ValueError("ranks are not negative")
+    return ranks
+
+
+def rank_dirs(root: Path, ranks=None) -> list[tuple[int, Path]]:
+    """``(rank, rank=<r>/)`` of a trace, only those of ``ranks`` when given (others are not listed)."""
+    if ranks is not None:
+        return [(r, root / f"rank={r}") for r in ranks if (root / f"rank={r}").is_dir()]
+    out = []
+    for d in root.iterdir():
+        m = RANK_RE.match(d.name)
+        if m and d.is_dir():
+            out.append((int(m.group(1)), d))
+    return sorted(out)
+
+
+def find_parts(root: Path, ranks=None) -> list[tuple[int, int, Path]]:
     parts = []
-    for rank_dir in root.iterdir():
-        m = RANK_RE.match(rank_dir.name)
-        if not m or not rank_dir.is_dir():
-            continue
+    for rank, rank_dir in rank_dirs(root, ranks):
         found = []
         for f in rank_dir.iterdir():
             pm = PART_RE.match(f.name)
@@ -133,29 +177,47 @@ def find_parts(root: Path) -> list[tuple[int, int, Path]]:
             end = first if last is None else last
             if any(a <= first and end <= b and (a, b) != (first, last) for a, b in merged):
                 continue  # also in a (larger) merged part: the process ended before deleting it
-            parts.append((int(m.group(1)), first, f))
+            parts.append((rank, first, f))
     return sorted(parts)
 
 
-def read_trace(path: str | os.PathLike, columns: list[str] | None = None) -> Trace:
-    """Read a trace directory; corrupt parts are skipped and named in ``Trace.skipped``."""
+def _uniform(schema: pa.Schema, table: pa.Table | None = None) -> bool:
+    """The part's columns (those the schema knows) have the schema's types, dictionaries aside."""
+    def plain(t: pa.DataType) -> pa.DataType:
+        return t.value_type if pa.types.is_dictionary(t) else t
+
+    return all(plain(f.type) == plain(SCHEMA.field(f.name).type) for f in schema if f.name in SCHEMA.names)
+
+
+def read_trace(path: str | os.PathLike, columns: list[str] | None = None, ranks=None) -> Trace:
+    """Read a trace directory; corrupt parts are skipped and named in ``Trace.skipped``.
+
+    ``ranks`` (an int, a list, or a spec like ``"0-3,8"``): only those partitions are listed and read.
+    """
     root = Path(path)
     if not root.exists():
         raise TraceError(f"{root}: no such trace")
     if not root.is_dir():
         raise TraceError(f"{root}: not a trace (expected a directory with rank=<r>/ partitions)")
     try:
-        parts = find_parts(root)
-        rank_dirs = [d for d in root.iterdir() if RANK_RE.match(d.name) and d.is_dir()]
+        wanted_ranks = parse_ranks(ranks)
+        all_dirs = [d for _, d in rank_dirs(root)]
+        dirs = all_dirs if wanted_ranks is None else [d for _, d in rank_dirs(root, wanted_ranks)]
+        parts = find_parts(root, wanted_ranks)
     except OSError as exc:
         raise TraceError(f"{root}: cannot read: {exc.strerror or exc}") from None
-    if not rank_dirs:
+    except ValueError as exc:
+        raise TraceError(str(exc)) from None
+    if not all_dirs:
         if not any(root.iterdir()):
             raise TraceError(f"{root}: empty directory, not a trace")
         raise TraceError(f"{root}: not an lrdebug trace (no rank=<r>/ partitions)")
     wanted = list(COLUMNS) if columns is None else [c for c in COLUMNS if c in columns]
-    trace = Trace(path=root, table=pa.Table.from_arrays([], schema=pa.schema([])))
-    for rank_dir in rank_dirs:
+    trace = Trace(path=root, table=pa.Table.from_arrays([], schema=pa.schema([])), selected=wanted_ranks)
+    if wanted_ranks is not None and not dirs:
+        have = sorted(int(RANK_RE.match(d.name).group(1)) for d in all_dirs)
+        raise TraceError(f"{root}: no rank {_compact(wanted_ranks)} in this trace (it has ranks {_compact(have)})")
+    for rank_dir in dirs:
         status = read_status(rank_dir)
         if status is not None:
             try:
@@ -177,6 +239,14 @@ def read_trace(path: str | os.PathLike, columns: list[str] | None = None) -> Tra
         except Exception as exc:  # noqa: BLE001 - any unreadable part is skipped and named
             trace.skipped.append(f"{part.relative_to(root)} ({short_error(exc)})")
             continue
+        trace.parts.append((rank, part))
+        trace.rows += pf.metadata.num_rows
+        trace.present.update(n for n in pf.schema_arrow.names if n in SCHEMA.names)
+        trace.uniform = trace.uniform and _uniform(pf.schema_arrow)
+        if not wanted:
+            if rank not in trace.status or "meta" not in trace.status[rank]:
+                trace.meta[rank] = meta
+            continue
         try:
             present = [c for c in wanted if c in pf.schema_arrow.names]
             table = _conform(pf.read(columns=present), wanted, rank)
@@ -195,15 +265,28 @@ def read_trace(path: str | os.PathLike, columns: list[str] | None = None) -> Tra
     return trace
 
 
+def _compact(ranks: list[int]) -> str:
+    spans, i = [], 0
+    while i < len(ranks):
+        j = i
+        while j + 1 < len(ranks) and ranks[j + 1] == ranks[j] + 1:
+            j += 1
+        spans.append(str(ranks[i]) if i == j else f"{ranks[i]}-{ranks[j]}")
+        i = j + 1
+    return ",".join(spans) or "none"
+
+
 def short_error(exc: Exception) -> str:
     """One printable line: a message may quote bytes of the trace (escape sequences included)."""
     text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:200])
 
 
-def load(path: str | os.PathLike, columns: list[str] | None = None):
-    """All events of a trace, every rank, as a pandas DataFrame ordered by rank and seq."""
-    trace = read_trace(path, columns)
+def load(path: str | os.PathLike, columns: list[str] | None = None, ranks=None):
+    """The events of a trace as a pandas DataFrame ordered by rank and seq: every rank, or only
+    ``ranks`` (an int, a list, or ``"0-3,8"``), whose partitions alone are opened; ``columns``: only
+    those columns are read."""
+    trace = read_trace(path, columns, ranks=ranks)
     for note in trace.skipped:
         print(f"lrdebug: skipped unreadable part {note}", file=sys.stderr)
     try:

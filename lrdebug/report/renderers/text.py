@@ -60,7 +60,10 @@ def renderables(report, width: int) -> Iterable[Any]:
     yield _findings(d)
     yield from _timing(d)
     if len(d["ranks"]) > 1:
-        yield _ranks_table(d)
+        if len(d["ranks"]) <= 8 or "rank_groups" not in d:
+            yield _ranks_table(d)
+        if "rank_groups" in d:
+            yield from _rank_story(d)
     for note in d["notes"]:
         if note != NO_STEPS:  # said above, as the headline
             yield T(f"note: {note}", "yellow")
@@ -180,6 +183,42 @@ def _timing(d: dict[str, Any]) -> Iterable[Any]:
             for s in t["slowest"]:
                 slow.add_row(str(s["step"]), fmt_ns(s["iter_ns"]), fmt_ns(s["dur_ns"]), fmt_ns(s["data_wait_ns"]))
             yield slow
+
+
+def _rank_story(d: dict[str, Any]):
+    """Agreeing ranks as one line, each other group with where it departs; the slowest ranks."""
+    lines = [Text(f"Ranks ({len(d['ranks'])}):", style="bold")]
+    for i, g in enumerate(d["rank_groups"]):
+        steps = sorted(set(g["steps"].values()))
+        steps_text = f"{steps[0]:,} steps" if len(steps) == 1 else "steps " + ", ".join(
+            f"{k} {v:,}" for k, v in g["steps"].items())
+        who = f"rank{'s' if g['count'] > 1 else ''} {g['ranks_text']}"
+        if i == 0:
+            what = "identical LR schedule" if g["count"] > 1 else "LR schedule"
+            lines.append(Text.assemble("  ", T(who), f": {what}, {steps_text}", style="green"))
+        else:
+            ref = g.get("compared_with_rank")
+            if g.get("lr_differs_from_step") is not None:
+                what = f"LR differs from rank {ref}'s from step {g['lr_differs_from_step']:,}"
+            else:
+                what = f"same LRs as rank {ref} on the steps both have"
+            lines.append(Text.assemble("  ", T(who), f": {what}, {steps_text}", style="red"))
+    yield Text("\n").join(lines)
+    st = d.get("stragglers")
+    if st and len(d["ranks"]) > 1:
+        table = Table(title=f"Slowest ranks by optimizer step time (of {st['ranks']}; median rank: step p50 "
+                            f"{_ms(st['median_rank']['dur_ns_p50'])})", title_justify="left")
+        for col in ("Rank", "step p50", "step p95", "data wait p50", "data wait p95"):
+            table.add_column(col, justify="right")
+        for e in st["slowest"]:
+            w = e.get("data_wait_ns") or {}
+            table.add_row(str(e["rank"]), _ms(e["dur_ns"]["p50"]), _ms(e["dur_ns"]["p95"]),
+                          _ms(w.get("p50")), _ms(w.get("p95")))
+        yield table
+
+
+def _ms(ns) -> str:
+    return "—" if ns is None else f"{ns / 1e6:.3g} ms"
 
 
 def _ranks_table(d: dict[str, Any]) -> Table:
