@@ -105,3 +105,11 @@ def test_the_end_of_run_summary_gives_the_damage(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stderr.split())  # the summary wraps its lines
     assert "vs intended: SGD/pg1: differs from step 2, 80 % of steps off by > 1 %" in text
+
+
+def test_the_terminal_chart_draws_the_intended_schedule(tmp_path):
+    trace = _record(GALLERY / "bug_epoch_scheduler_per_batch.py", tmp_path / "t")
+    text = run_lrdebug("report", str(trace), env={"COLUMNS": "120"}).stdout
+    chart = text[text.index("LR schedule"):]
+    assert "x SGD/pg1 intended (epoch-scheduler-stepped-per-batch)" in chart  # its own marker in the legend
+    assert chart.count("x") > 60  # and drawn: a level per epoch across the chart

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import numpy as np
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
@@ -110,10 +111,25 @@ def _lr_table(d: dict[str, Any]) -> Table:
 
 
 def lr_chart(report, optimizer: int, width: int, height: int = 14):
-    """The LR curves of one optimizer's groups (``termchart.Chart``), epoch starts as vertical lines."""
+    """The LR curves of one optimizer's groups (``termchart.Chart``), epoch starts as vertical lines, and
+    the schedule each finding meant (``Report.intended``) as one more curve with its own marker."""
     curves = [(report.label(o, g), c) for (o, g), c in report.curves(max_points=2 * width).items()
               if o == optimizer]
+    for i, groups in sorted(report.intended.items()):
+        f = report.findings[i]
+        if f.get("optimizer") == optimizer:
+            for g, (x, lrs) in sorted(groups.items()):
+                curves.append((f"{report.label(optimizer, g)} intended ({f.get('code')})",
+                               _buckets(x, lrs, 2 * width)))
     return draw(curves, report.epoch_steps(optimizer), width, height)
+
+
+def _buckets(x: np.ndarray, y: np.ndarray, most: int) -> tuple:
+    """(first step, min, max, steps per bucket) of a per-step series, in at most ``most`` buckets."""
+    n = len(x)
+    size = max(1, -(-n // max(most, 1)))
+    starts = np.arange(0, n, size)
+    return x[starts], np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts), size
 
 
 def _updates_table(d: dict[str, Any]) -> Table | None:
