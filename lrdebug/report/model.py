@@ -29,6 +29,7 @@ from ..tracefile.reader import find_parts, parse_ranks, short_error
 from .crossrank import CrossRank
 from .scan import SAMPLED, GroupStats, Scan, scan_trace
 
+FULL_SCAN_RANKS = 16
 REPORT_VERSION = "1.0"
 DEFAULT_DIR = Path("lrdebug-traces")
 RECHECK_MAX_ROWS = 250_000
@@ -135,7 +136,10 @@ class Report:
                     self.cross = CrossRank(trace).run()
                 except Exception as exc:  # noqa: BLE001 - a damaged page: every part read and validated instead
                     self.cross_note = f"ranks compared by reading every part ({short_error(exc)})"
-        scan, t_max, read = scan_trace(trace, only_primary=self.cross is not None)
+        # Up to FULL_SCAN_RANKS ranks every part is scanned too (each rank's curve for the overlays, its
+        # last event for the ending); beyond, the lowest rank's alone: memory stays flat in the ranks.
+        few = len(set(trace.ranks) | {r for r, _ in trace.parts}) <= FULL_SCAN_RANKS
+        scan, t_max, read = scan_trace(trace, only_primary=self.cross is not None and not few)
         if self.cross is not None:
             for key, st in self.cross.groups.items():
                 if key[0] != scan.primary:
