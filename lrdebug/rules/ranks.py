@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..tracefile.reader import rank_spans
 from ..tracefile.schema import OPTIMIZER_STEP, OPTIMIZER_STEP_SKIPPED
 from .finding import Finding
 from .registry import CODES, define
@@ -80,16 +81,7 @@ class _Labels:
 
 def rank_list(ranks) -> str:
     """``[0, 1, 2, 5]`` -> ``"0-2, 5"``: readable also for a thousand ranks."""
-    ranks = sorted(set(int(r) for r in ranks))
-    spans: list[str] = []
-    i = 0
-    while i < len(ranks):
-        j = i
-        while j + 1 < len(ranks) and ranks[j + 1] == ranks[j] + 1:
-            j += 1
-        spans.append(str(ranks[i]) if i == j else f"{ranks[i]}-{ranks[j]}")
-        i = j + 1
-    return ", ".join(spans)
+    return rank_spans(ranks, ", ") if len(ranks) else ""
 
 
 def _fmt(v: float) -> str:

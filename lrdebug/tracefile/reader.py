@@ -216,7 +216,7 @@ def read_trace(path: str | os.PathLike, columns: list[str] | None = None, ranks=
     trace = Trace(path=root, table=pa.Table.from_arrays([], schema=pa.schema([])), selected=wanted_ranks)
     if wanted_ranks is not None and not dirs:
         have = sorted(int(RANK_RE.match(d.name).group(1)) for d in all_dirs)
-        raise TraceError(f"{root}: no rank {_compact(wanted_ranks)} in this trace (it has ranks {_compact(have)})")
+        raise TraceError(f"{root}: no rank {rank_spans(wanted_ranks)} in this trace (it has ranks {rank_spans(have)})")
     for rank_dir in dirs:
         status = read_status(rank_dir)
         if status is not None:
@@ -265,7 +265,9 @@ def read_trace(path: str | os.PathLike, columns: list[str] | None = None, ranks=
     return trace
 
 
-def _compact(ranks: list[int]) -> str:
+def rank_spans(ranks, sep: str = ",") -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``: readable also for a thousand ranks ("none" for no rank)."""
+    ranks = sorted(set(int(r) for r in ranks))
     spans, i = [], 0
     while i < len(ranks):
         j = i
@@ -273,7 +275,7 @@ def _compact(ranks: list[int]) -> str:
             j += 1
         spans.append(str(ranks[i]) if i == j else f"{ranks[i]}-{ranks[j]}")
         i = j + 1
-    return ",".join(spans) or "none"
+    return sep.join(spans) or "none"
 
 
 def short_error(exc: Exception) -> str:
