@@ -262,15 +262,15 @@ class Installation:
         self.handles.append(register_optimizer_step_pre_hook(optimizer_pre))
         self.handles.append(register_optimizer_step_post_hook(optimizer_post))
 
-        def wrap_zero_grad(fn):
-            def zero_grad(opt, *args, **kwargs):
+        def wrap_zero_grad(fn, origin: str):
+            def zero_grad(obj, *args, **kwargs):
                 t0 = _now()
                 if args or kwargs:
-                    out = fn(opt, *args, **kwargs)
-                    sink.target.zero_grad(opt, "optimizer", t0, _now(), _in_place(args, kwargs))
+                    out = fn(obj, *args, **kwargs)
+                    sink.target.zero_grad(obj, origin, t0, _now(), _in_place(args, kwargs))
                 else:
-                    out = fn(opt)
-                    sink.target.zero_grad(opt, "optimizer", t0, _now(), False)
+                    out = fn(obj)
+                    sink.target.zero_grad(obj, origin, t0, _now(), False)
                 return out
 
             zero_grad.__wrapped__ = fn
@@ -280,23 +280,8 @@ class Installation:
         for cls in _subclasses(Optimizer):
             fn = cls.__dict__.get("zero_grad")
             if callable(fn):
-                self.patches.set(cls, "zero_grad", wrap_zero_grad(fn))
-
-        module_zero_grad = torch.nn.Module.zero_grad
-
-        def module_zero_grad_wrapper(module, *args, **kwargs):
-            t0 = _now()
-            if args or kwargs:
-                out = module_zero_grad(module, *args, **kwargs)
-                sink.target.zero_grad(module, "module", t0, _now(), _in_place(args, kwargs))
-            else:
-                out = module_zero_grad(module)
-                sink.target.zero_grad(module, "module", t0, _now(), False)
-            return out
-
-        module_zero_grad_wrapper.__wrapped__ = module_zero_grad
-        module_zero_grad_wrapper.__doc__ = module_zero_grad.__doc__
-        self.patches.set(torch.nn.Module, "zero_grad", module_zero_grad_wrapper)
+                self.patches.set(cls, "zero_grad", wrap_zero_grad(fn, "optimizer"))
+        self.patches.set(torch.nn.Module, "zero_grad", wrap_zero_grad(torch.nn.Module.zero_grad, "module"))
 
         opt_init = Optimizer.__init__
 
