@@ -280,8 +280,9 @@ def damage_line(intended: dict[str, Any]) -> list[str]:
             parts.append(f"down to {_x(d['min_ratio'])} of it")
         ratio = (", " + " and ".join(parts)) if parts else ""
         total_a, total_i = d["lr_sum_actual"], d["lr_sum_intended"]
+        change = 100 * (total_a / total_i - 1) if total_i else 0.0
         budget = f"; LR sum {total_a:.4g} vs {total_i:.4g} intended" + (
-            f" ({100 * (total_a / total_i - 1):+.0f} %)" if total_i else "")
+            f" ({change:+.0f} %)" if abs(change) >= 0.5 else "")
         lines.append(f"{name}: differs from step {d['first_diff_step']}, {100 * d['share_off']:.0f} % of "
                      f"steps off by > 1 %{ratio}{budget} — intended: {intended['assumption']}")
     return lines

@@ -38,7 +38,8 @@ from typing import Callable
 
 MOMENTS = ("grads_unusual", "lr_invalid", "past_end", "optimizer_skipped", "lr_changed",
            "step_begin", "scheduler_before_optimizer", "scheduler_first_after_optimizer", "scheduler_repeated",
-           "scheduler_turn", "epoch_size_overrun", "scheduler_step", "scheduler_after_lr_write", "scheduler_init", "scheduler_load_state",
+           "scheduler_turn", "epoch_size_overrun", "scheduler_step", "scheduler_after_lr_write", "scheduler_init",
+           "scheduler_load_state",
            "get_lr_call", "add_param_group", "end_of_run", "finalize")
 
 

@@ -51,8 +51,9 @@ def epoch_per_batch(chk, o: OptState, s: SchedState, ev: Event) -> None:
                 f"{s.epoch_len} steps it takes to run through (stepped once per epoch it would be at step "
                 f"{epochs})")
     chk.add("epoch-scheduler-stepped-per-batch", ev.step, ev.file, ev.line, lambda: (
-        f"scheduler {s.index} ({s.cls}, {schedule_text(s)}) is stepped once per batch ({seen}, so the LR {effect} long before "
-        "training ends. Step it once per epoch (after the batch loop), or size it in steps (epochs x batches "
+        f"scheduler {s.index} ({s.cls}, {schedule_text(s)}) is stepped once per batch ({seen}, so the LR "
+        f"{effect} long before training ends. Step it once per epoch (after the batch loop), or size it in "
+        "steps (epochs x batches "
         "per epoch)."), opt=o.index, sched=s.index)
 
 
@@ -337,7 +338,8 @@ def not_completed(chk) -> None:
         file, line = s.init_site
         o = chk.opts.get(s.opt)
         chk.add("schedule-not-completed", None, file, line, lambda: (
-            f"{s.label()} ({schedule_text(s) or f'total_iters={horizon}'}, built at {where(file, line)}) was "
+            f"scheduler {s.index} ({s.cls}, {schedule_text(s) or f'total_iters={horizon}'}, built at "
+            f"{where(file, line)}) was "
             f"stepped {s.user_steps} times and the run ended at position {pos} of {horizon} "
             f"({100 * pos / horizon:.0f}%): the schedule never reached its end, so the LR never annealed. "
             "Size it for the steps the run really takes (max_steps and epochs agree, T_max/total_steps = "
