@@ -206,7 +206,7 @@ class GroupStats:
             self.first_lr, self.first_step = float(lrs[0]), int(steps[0])
         self.steps += len(lrs)
         self.last_lr, self.last_step = float(lrs[-1]), int(steps[-1])
-        lo, hi = np.fmin.reduce(lrs), np.fmax.reduce(lrs)
+        lo, hi = lrs.min(), lrs.max()  # NaN propagates, so a NaN anywhere fails the test below
         if math.isfinite(lo) and math.isfinite(hi):
             finite = lrs
         else:
