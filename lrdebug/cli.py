@@ -54,9 +54,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _Version(argparse.Action):
+    """``lrdebug 0.1.0 (hot path: compiled)``: which implementation records is part of the version."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .record import hotpath  # the extension is found without importing torch
+
+        print(f"lrdebug {__version__} (hot path: {hotpath.DESCRIPTION})")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lrdebug", description="Record and check what PyTorch optimizers and LR schedulers did.")
-    parser.add_argument("--version", action="version", version=f"lrdebug {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version and which hot path records, and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a training script under lrdebug.trace()")

@@ -10,9 +10,10 @@ thread's Parquet encoding is off the training thread and is measured by bench.py
     python scripts/bench_instructions.py            # loops a, b, c; a few minutes
     python scripts/bench_instructions.py --loops a  # one loop
     python scripts/bench_instructions.py --events   # added per optimizer step, scheduler step, zero_grad
+    python scripts/bench_instructions.py --impl compiled   # one hot path (default: compiled and python)
 
 Needs valgrind (callgrind_control comes with it). Prints instructions per iteration, plain and
-traced, and the ratio.
+traced under each hot path (compiled, and pure Python with LRDEBUG_PURE_PYTHON=1), and the ratio.
 """
 
 from __future__ import annotations
@@ -71,16 +72,20 @@ call = {{"optimizer step": lambda: opt.step(), "scheduler step": lambda: sched.s
 """ + MEASURE
 EVENTS = (("optimizer step", 1), ("optimizer step", 10), ("scheduler step", 1), ("zero_grad", 1))
 VARIANTS = ("plain", "traced", "recording only")
+IMPLS = ("compiled", "python")  # the hot path: lrdebug/record/_hot.c, or LRDEBUG_PURE_PYTHON=1
 ITERS = {"a": 400, "b": 10, "c": 200}
 
 
-def count(loop: str, variant: str, iters: int, tmp: Path, code: str | None = None) -> int:
-    """Instructions the main thread executed inside the measured iterations."""
-    out = tmp / f"cg-{loop}-{variant.replace(' ', '_')}".replace(" ", "_")
+def count(loop: str, variant: str, iters: int, tmp: Path, code: str | None = None, impl: str = "compiled") -> int:
+    """Instructions the main thread executed inside the measured iterations, with the ``impl`` hot path."""
+    out = tmp / f"cg-{loop}-{variant}-{impl}".replace(" ", "_")
     if code is None:
         code = CHILD.format(scripts=str(Path(__file__).resolve().parent), loop=loop, variant=variant, iters=iters,
                              warmup=20)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONHASHSEED="0")
+    env.pop("LRDEBUG_PURE_PYTHON", None)
+    if impl == "python":
+        env["LRDEBUG_PURE_PYTHON"] = "1"
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
                              "--toggle-collect=functools_reduce", f"--callgrind-out-file={out}.%p",
                              sys.executable, "-c", code],
@@ -106,6 +111,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--loops", default="abc", help="which loops (default abc)")
     ap.add_argument("--iters", type=int, help="measured iterations per run (default a:400 b:10 c:200)")
+    ap.add_argument("--impl", nargs="+", default=list(IMPLS), choices=IMPLS,
+                    help="hot paths to measure side by side (default: compiled and python)")
     ap.add_argument("--keep", type=Path, help="keep callgrind's files here (for callgrind_annotate)")
     ap.add_argument("--events", action="store_true",
                     help="instead: instructions added per optimizer step (1 and 10 groups), scheduler step, zero_grad")
@@ -114,37 +121,44 @@ def main(argv=None) -> int:
         print("valgrind not found: install it (Debian: apt-get install valgrind)")
         return 2
     if args.events:
-        return events(args.iters or 1000)
-    jobs = [(loop, v) for loop in args.loops for v in VARIANTS]
+        return events(args.iters or 1000, args.impl)
+    jobs = [(loop, "plain", "python") for loop in args.loops]
+    jobs += [(loop, v, impl) for loop in args.loops for v in VARIANTS[1:] for impl in args.impl]
     with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         where = args.keep or Path(tmp)
         where.mkdir(parents=True, exist_ok=True)
-        futures = {job: pool.submit(count, job[0], job[1], args.iters or ITERS[job[0]], where) for job in jobs}
+        futures = {job: pool.submit(count, job[0], job[1], args.iters or ITERS[job[0]], where, impl=job[2])
+                   for job in jobs}
         result = {job: f.result() / (args.iters or ITERS[job[0]]) for job, f in futures.items()}
-    print(f"{'loop':<4} {'variant':<16} {'instructions/iter':>18} {'added':>10} {'ratio':>7}")
+    print(f"{'loop':<4} {'variant':<16} {'hot path':<9} {'instructions/iter':>18} {'added':>10} {'ratio':>7}")
     for loop in args.loops:
-        plain = result[(loop, "plain")]
-        for v in VARIANTS:
-            n = result[(loop, v)]
-            print(f"{loop:<4} {v:<16} {n:>18,.0f} {n - plain:>10,.0f} {n / plain:>7.3f}")
+        plain = result[(loop, "plain", "python")]
+        print(f"{loop:<4} {'plain':<16} {'-':<9} {plain:>18,.0f}")
+        for v in VARIANTS[1:]:
+            for impl in args.impl:
+                n = result[(loop, v, impl)]
+                print(f"{loop:<4} {v:<16} {impl:<9} {n:>18,.0f} {n - plain:>10,.0f} {n / plain:>7.3f}")
     return 0
 
 
-def events(iters: int) -> int:
-    """Per event: the recorder alone (every finding code ignored) against the same call untraced."""
-    jobs = [(event, groups, v) for event, groups in EVENTS for v in ("plain", "recording only")]
+def events(iters: int, impls: list[str]) -> int:
+    """Per event, against the same call untraced: the recorder alone (every finding code ignored) and
+    with the live checks, under each hot path."""
+    jobs = [(event, groups, "plain", "python") for event, groups in EVENTS]
+    jobs += [(event, groups, v, impl) for event, groups in EVENTS for v in VARIANTS[1:] for impl in impls]
     with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         futures = {job: pool.submit(count, f"{job[0]}-{job[1]}", job[2], iters, Path(tmp),
                                     EVENT.format(groups=job[1], event=job[0], variant=job[2], iters=iters,
-                                                 warmup=50))
+                                                 warmup=50), impl=job[3])
                    for job in jobs}
         result = {job: f.result() / iters for job, f in futures.items()}
-    print(f"{'event':<28} {'untraced':>12} {'added by lrdebug':>17}")
+    print(f"{'event':<28} {'untraced':>10}  " + "  ".join(f"{f'{v}, {impl}':>25}" for v in VARIANTS[:0:-1]
+                                                           for impl in impls))
     for event, groups in EVENTS:
-        plain = result[(event, groups, "plain")]
-        added = result[(event, groups, "recording only")] - plain
+        plain = result[(event, groups, "plain", "python")]
+        added = [result[(event, groups, v, impl)] - plain for v in VARIANTS[:0:-1] for impl in impls]
         name = f"{event}, {groups} group{'s' if groups > 1 else ''}" if event == "optimizer step" else event
-        print(f"{name:<28} {plain:>12,.0f} {added:>17,.0f}")
+        print(f"{name:<28} {plain:>10,.0f}  " + "  ".join(f"{a:>+25,.0f}" for a in added))
     return 0
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv if there is none and install lrdebug (editable) with its dev and plot extras.
 # torch is pinned in constraints.txt. Safe to run twice: the install is skipped while
-# pyproject.toml and constraints.txt are unchanged since the last successful one.
+# pyproject.toml, setup.py, constraints.txt and the C hot path are unchanged since the last successful
+# one (a changed lrdebug/record/_hot.c is rebuilt by the reinstall).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,7 @@ want=$(.venv/bin/python -c 'import hashlib, sys
 h = hashlib.sha256()
 for name in sys.argv[1:]:
     h.update(open(name, "rb").read())
-print(h.hexdigest())' pyproject.toml constraints.txt)
+print(h.hexdigest())' pyproject.toml setup.py constraints.txt lrdebug/record/_hot.c)
 
 # Also reinstall when torch is missing or lrdebug resolves to another checkout.
 installed() {

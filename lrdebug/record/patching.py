@@ -26,6 +26,8 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 
+from . import hotpath
+
 LRScheduler = _sched_mod.LRScheduler
 _MISSING = object()
 _now = time.perf_counter_ns
@@ -139,7 +141,8 @@ class Installation:
 
     # --------------------------------------------------------------------------- schedulers
     def _wrap_sched_step(self, fn: Callable) -> Callable:
-        sink, local = self.sink, _local
+        local = _local
+        record = hotpath.hook(self.sink, "scheduler_step")
 
         def step(sched, *args, **kwargs):
             # PyTorch's order checks warn on the first step with stacklevel=2, which would name this
@@ -161,7 +164,7 @@ class Installation:
                 t1 = _now()
                 stack.pop()
                 metric = args[0] if args else kwargs.get("metrics")
-                sink.target.scheduler_step(sched, t0, t1, parent, in_init, metric)
+                record(sched, t0, t1, parent, in_init, metric)
 
         step.__wrapped__ = fn
         step.__name__ = getattr(fn, "__name__", "step")
@@ -253,24 +256,19 @@ class Installation:
         sink, local = self.sink, _local
 
         # torch calls these from Optimizer.step's wrapper: the user's frame is the wrapper's caller.
-        def optimizer_pre(opt, args, kwargs):
-            sink.target.optimizer_pre(opt, args, kwargs)
-
-        def optimizer_post(opt, args, kwargs):
-            sink.target.optimizer_post(opt, args, kwargs)
-
-        self.handles.append(register_optimizer_step_pre_hook(optimizer_pre))
-        self.handles.append(register_optimizer_step_post_hook(optimizer_post))
+        self.handles.append(register_optimizer_step_pre_hook(hotpath.hook(sink, "optimizer_pre")))
+        self.handles.append(register_optimizer_step_post_hook(hotpath.hook(sink, "optimizer_post")))
+        record = hotpath.hook(sink, "zero_grad")
 
         def wrap_zero_grad(fn, origin: str):
             def zero_grad(obj, *args, **kwargs):
                 t0 = _now()
                 if args or kwargs:
                     out = fn(obj, *args, **kwargs)
-                    sink.target.zero_grad(obj, origin, t0, _now(), _in_place(args, kwargs))
+                    record(obj, origin, t0, _now(), _in_place(args, kwargs))
                 else:
                     out = fn(obj)
-                    sink.target.zero_grad(obj, origin, t0, _now(), False)
+                    record(obj, origin, t0, _now(), False)
                 return out
 
             zero_grad.__wrapped__ = fn

@@ -44,7 +44,7 @@ from ..tracefile.schema import (
     Event,
 )
 from ..tracefile.writer import FLUSH_ROWS, FLUSH_SECONDS, PartWriter, check_output_dir
-from . import lifecycle, patching
+from . import hotpath, lifecycle, patching
 from .callsites import FRAMEWORK_SITES, SITE_OPTIMIZER, SITE_SCHEDULER, SITE_ZERO_GRAD, SITES, call_site, site_lines
 from .device import _CudaSpan, _Deferred, _lr_value, _prefetch, _read_lrs, _resolve
 from .environment import (
@@ -463,6 +463,7 @@ class Recorder:
         return {
             "schema_version": SCHEMA_VERSION,
             "lrdebug_version": __version__,
+            "hot_path": hotpath.IMPLEMENTATION,
             "torch_version": torch.__version__,
             "python_version": sys.version.split()[0],
             "argv": list(sys.argv),
@@ -493,14 +494,17 @@ class Recorder:
         try:
             new = checker.feed(ev)
         except Exception as e:  # noqa: BLE001 - a bug in a rule must stop neither training nor recording
-            self.checker = None
-            reason = f"a live check failed: {type(e).__name__}: {e}"
-            self.incomplete = self.incomplete or reason
-            self._report_once(f"lrdebug: internal error ({reason}); checks stopped, recording to {self.path} "
-                              "and training continue")
+            self._checks_failed(e)
             return
         for f in new:
             self._report_finding(f)
+
+    def _checks_failed(self, e: Exception) -> None:
+        self.checker = None
+        reason = f"a live check failed: {type(e).__name__}: {e}"
+        self.incomplete = self.incomplete or reason
+        self._report_once(f"lrdebug: internal error ({reason}); checks stopped, recording to {self.path} "
+                          "and training continue")
 
     def _check_step(self, event, seq, opt, sched, step, lrs, grads, site, origin, parent, value, t0) -> None:
         """_check for the optimizer and scheduler steps: the Event built positionally (a third of the
@@ -617,16 +621,20 @@ class Recorder:
             buf = self.buf
             buf += (event, seq, t0, t1 - t0, st.index, step, site, lrs, grads, iter_ns, wait, extra)
             if len(buf) >= self._flush_len:
-                if len(buf) >= 8 * self._flush_len and self._flush_len == self._full_len:
-                    self.writer.flush(full=True)  # the writer fell behind (slow disk): write here, memory stays bounded
-                else:
-                    self.writer.wake(first=self._flush_len != self._full_len)
-                    self._flush_len = self._full_len
+                self._buffer_filled()
         except Exception as e:  # noqa: BLE001
             self._internal_error(f"optimizer_post: {type(e).__name__}: {e}")
             return
         if self.checker is not None:
             self._check_step(event, seq, st.index, None, step, lrs, grads, site, None, None, None, t0)
+
+    def _buffer_filled(self) -> None:
+        """The step buffer reached its threshold: wake the writer, or write here if it fell behind."""
+        if len(self.buf) >= 8 * self._flush_len and self._flush_len == self._full_len:
+            self.writer.flush(full=True)  # the writer fell behind (slow disk): write here, memory stays bounded
+        else:
+            self.writer.wake(first=self._flush_len != self._full_len)
+            self._flush_len = self._full_len
 
     @_guarded
     def optimizer_skipped(self, opt) -> None:
