@@ -109,12 +109,16 @@ def _counting_python_callbacks(monkeypatch) -> dict[str, int]:
     from lrdebug.record.recorder import Recorder
 
     calls = dict.fromkeys(hotpath.CALLBACKS, 0)
-    for name in hotpath.CALLBACKS:
-        def counting(self, *args, _original=getattr(Recorder, name), _name=name):
-            calls[_name] += 1
-            return _original(self, *args)
 
-        monkeypatch.setattr(Recorder, name, counting)
+    def counting(name, original):
+        def callback(self, *args):
+            calls[name] += 1
+            return original(self, *args)
+
+        return callback
+
+    for name in hotpath.CALLBACKS:
+        monkeypatch.setattr(Recorder, name, counting(name, getattr(Recorder, name)))
     return calls
 
 
@@ -124,7 +128,7 @@ def _loop(tmp_path, lr, steps=40):
     model = torch.nn.Linear(3, 1)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.5)
-    with lrdebug.trace(out=tmp_path / "t", summary=False) as t:
+    with lrdebug.trace(out=tmp_path / "t", summary=False):
         for _ in range(steps):
             opt.zero_grad()
             model(torch.ones(2, 3)).sum().backward()

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 CALLBACKS = ("optimizer_pre", "optimizer_post", "scheduler_step", "zero_grad")
 
@@ -30,37 +31,41 @@ def _load() -> tuple[Any, str]:
 
 _HOT, DESCRIPTION = _load()
 IMPLEMENTATION = "compiled" if _HOT is not None else "python"
-_bound = False
 
 
-def _bind() -> None:
-    """Hand the extension the objects it shares with the Python implementation (once)."""
-    global _bound
-    if _bound:
+def bind(recorder_class: type, patching: Any) -> None:
+    """Hand the extension the objects it shares with the Python implementation (recorder.py calls this
+    once, so this module imports neither the recorder nor patching)."""
+    if _HOT is None:
         return
-    from ..tracefile.schema import GRAD_FRESH, GRAD_NONE, GRAD_SAME, OPTIMIZER_STEP, ORIGIN_USER, SCHEDULER_STEP, \
-        ZERO_GRAD, Event
-    from . import callsites, patching
-    from .recorder import Recorder
+    from ..tracefile.schema import (
+        GRAD_FRESH,
+        GRAD_NONE,
+        GRAD_SAME,
+        OPTIMIZER_STEP,
+        ORIGIN_USER,
+        SCHEDULER_STEP,
+        ZERO_GRAD,
+        Event,
+    )
+    from . import callsites
 
     _HOT.bind({
-        "Recorder": Recorder, "Event": Event, "code_kind": callsites._code_kind, "site_ids": callsites._site_ids,
-        "SITES": callsites.SITES, "FRAMEWORK_SITES": callsites.FRAMEWORK_SITES,
+        "Recorder": recorder_class, "Event": Event, "code_kind": callsites._code_kind,
+        "site_ids": callsites._site_ids, "SITES": callsites.SITES, "FRAMEWORK_SITES": callsites.FRAMEWORK_SITES,
         "walk_call_site": callsites._walk_call_site, "patching_globals": vars(patching),
         "getframe": sys._getframe, "perf_counter_ns": time.perf_counter_ns, "KIND_USER": callsites._USER,
         "KIND_INTERNAL": callsites._INTERNAL, "GRAD_NONE": GRAD_NONE, "GRAD_FRESH": GRAD_FRESH,
         "GRAD_SAME": GRAD_SAME, "OPTIMIZER_STEP": OPTIMIZER_STEP, "SCHEDULER_STEP": SCHEDULER_STEP,
         "ZERO_GRAD": ZERO_GRAD, "ORIGIN_USER": ORIGIN_USER,
     })
-    _bound = True
 
 
 def hook(sink: Any, name: str) -> Callable[..., None]:
     """What patching installs for callback ``name``: calls ``sink.target.<name>(*args)``, compiled where
     it can be."""
     if _HOT is not None:
-        _bind()
-        return _HOT.Hook(sink, name)
+        return _HOT.Hook(sink, name)  # until bind() it calls the Python methods
 
     def forward(*args):
         getattr(sink.target, name)(*args)

@@ -878,6 +878,8 @@ class Recorder:
 
 
 
+hotpath.bind(Recorder, patching)
+
 _VERSIONS: dict[str, str | None] = {}
 
 
