@@ -15,6 +15,7 @@
 #include <Python.h>
 #include <frameobject.h>
 #include <stddef.h>
+#include <string.h>
 #include <time.h>
 
 /* ------------------------------------------------------------------------------------ bound state */
@@ -170,6 +171,31 @@ increment(PyObject *st, PyObject *name)
     return n;
 }
 
+/* Tuples of numbers, strings and None (rows, LRs, gradient states) hold no reference cycle: untracked,
+ * the many a buffer keeps add nothing to the garbage collector's work, as CPython itself untracks such
+ * tuples when it first collects them. */
+static PyObject *
+untracked(PyObject *t)
+{
+    if (t != NULL && PyObject_GC_IsTracked(t))
+        PyObject_GC_UnTrack(t);
+    return t;
+}
+
+/* ``now`` when it holds the very objects of ``prev`` (a tuple or NULL): then ``prev``, so a steady
+ * loop allocates no tuple per step. Steals ``now``. */
+static PyObject *
+same_or(PyObject *prev, PyObject *now)
+{
+    if (prev == NULL || now == NULL || !PyTuple_CheckExact(prev) || PyTuple_GET_SIZE(prev) != PyTuple_GET_SIZE(now))
+        return untracked(now);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(now); i++)
+        if (PyTuple_GET_ITEM(prev, i) != PyTuple_GET_ITEM(now, i))
+            return untracked(now);
+    Py_DECREF(now);
+    return Py_NewRef(prev);
+}
+
 /* The LR of every group as a tuple of floats; NULL without an error when one is not a float (the
  * Python implementation converts those). */
 static PyObject *
@@ -198,6 +224,8 @@ read_lrs(PyObject *groups)
     Py_DECREF(seq);
     return out;
 }
+
+static PyObject *last_grads; /* the previous step's gradient states, reused while they are the same */
 
 /* Per group: no gradient, fresh gradient tensors, or the very tensor of the previous step
  * (objects._grad_states). */
@@ -267,6 +295,8 @@ grad_states(PyObject *groups, PyObject *st)
         PyTuple_SET_ITEM(out, i, state);
     }
     Py_DECREF(seq);
+    out = same_or(last_grads, out);
+    Py_XSETREF(last_grads, Py_NewRef(out));
     return out;
 fail:
     Py_XDECREF(out);
@@ -328,6 +358,14 @@ known_site(PyFrameObject *f, PyCodeObject *code)
     return PyLong_AsSsize_t(sid);
 }
 
+/* Per callback: the user code object and instruction of its last site (code objects of sites are kept
+ * alive by callsites._codes_kept, so a pointer is never reused for another code). */
+static struct {
+    PyCodeObject *code;
+    int lasti;
+    Py_ssize_t sid;
+} last_site[4];
+
 /* callsites.call_site(), from C: the frames above are torch's and lrdebug's Python wrappers (this
  * code has no frame of its own). Returns the site (>= -1), or -2 with an exception set. */
 static Py_ssize_t
@@ -342,10 +380,23 @@ call_site(int hint)
                 return -2;
             PyErr_Clear();
         } else {
+            code = PyFrame_GetCode((PyFrameObject *)f);
+            int lasti = frame_lasti((PyFrameObject *)f);
+            if (code == last_site[hint].code && lasti == last_site[hint].lasti) { /* the same line as last time */
+                Py_DECREF(code);
+                Py_DECREF(f);
+                return last_site[hint].sid;
+            }
+            Py_DECREF(code);
             long kind = code_kind_of((PyFrameObject *)f, &code);
             Py_ssize_t sid = -2;
             if (kind == KIND_USER)
                 sid = known_site((PyFrameObject *)f, code);
+            if (sid >= 0) {
+                last_site[hint].code = code;
+                last_site[hint].lasti = lasti;
+                last_site[hint].sid = sid;
+            }
             Py_XDECREF(code);
             Py_DECREF(f);
             if (kind == -1 || sid == -1)
@@ -382,6 +433,9 @@ call_site(int hint)
         }
         if (sid >= 0) {
             depth_hint[hint] = depth;
+            last_site[hint].code = code;
+            last_site[hint].lasti = frame_lasti((PyFrameObject *)f);
+            last_site[hint].sid = sid;
             Py_DECREF(code);
             Py_DECREF(f);
             return sid;
@@ -513,6 +567,11 @@ optimizer_pre(PyObject *rec, PyObject *const *a)
     lrs = read_lrs(groups);
     if (lrs == NULL)
         goto out_err;
+    PyObject *prev = PyObject_GetAttr(st, s_lrs);
+    if (prev == NULL)
+        goto out_err;
+    lrs = same_or(prev, lrs);
+    Py_DECREF(prev);
     t0 = now_ns();
     if (t0 == NULL || PyObject_SetAttr(st, s_scaled, Py_False) < 0 || PyObject_SetAttr(st, s_lrs, lrs) < 0 ||
         PyObject_SetAttr(st, s_t0, t0) < 0)
@@ -672,7 +731,8 @@ other_row(PyObject *event, PyObject *seq, PyObject *t0, PyObject *dur, PyObject 
           PyObject *step, PyObject *site, PyObject *lrs, PyObject *origin, PyObject *value)
 {
     PyObject *n = Py_None;
-    return PyTuple_Pack(18, event, seq, t0, dur, opt, sched, step, site, lrs, n, origin, n, value, n, n, n, n, n);
+    return untracked(PyTuple_Pack(18, event, seq, t0, dur, opt, sched, step, site, lrs, n, origin, n, value, n, n,
+                                  n, n, n));
 }
 
 static int
@@ -727,7 +787,7 @@ scheduler_step(PyObject *rec, PyObject *const *a)
     groups = PyObject_GetAttr(opt, s_param_groups);
     if (groups == NULL)
         goto fail;
-    if ((lrs = read_lrs(groups)) == NULL)
+    if ((lrs = untracked(read_lrs(groups))) == NULL)
         goto maybe_fail;
     horizon = PyObject_GetAttr(st, s_horizon);
     if (horizon == NULL)
@@ -986,6 +1046,246 @@ static PyTypeObject HookType = {
     .tp_repr = (reprfunc)Hook_repr,
 };
 
+/* ------------------------------------------------------------------------------------ Method */
+/* A scheduler class's patched step() or get_lr(), in C: patching's Python wrapper stays the reference,
+ * called for every unusual call (the first step, whose PyTorch warnings it re-issues at the user's
+ * line; a subclass's step() calling super().step()), and answers for the wrapper's attributes
+ * (__wrapped__, __name__, __doc__). Binds to instances like a function. */
+enum { METHOD_STEP = 0, METHOD_GET_LR = 1 };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *fn;      /* the class's own method */
+    PyObject *python;  /* patching's wrapper */
+    PyObject *record;  /* step: the scheduler_step Hook; get_lr: the sink */
+    PyObject *local;   /* patching._local (per-thread stacks) */
+    int kind;
+    vectorcallfunc vectorcall;
+} Method;
+
+static PyObject *s_sched_stack, *s_init_stack, *s_init_depth, *s_step_count, *s_metrics, *s_get_lr_call, *one;
+
+/* init_depth and local.init_stack: a constructor is running. -1 on error. */
+static int
+in_constructor(PyObject *local)
+{
+    PyObject *depth = PyDict_GetItemWithError(patching_globals, s_init_depth);
+    if (depth == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    int deep = PyObject_IsTrue(depth);
+    if (deep <= 0)
+        return deep;
+    PyObject *stack = PyObject_GetAttr(local, s_init_stack);
+    if (stack == NULL)
+        return -1;
+    int truth = PyObject_IsTrue(stack);
+    Py_DECREF(stack);
+    return truth;
+}
+
+static PyObject *
+Method_step(Method *m, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1 || !bound)
+        return PyObject_Vectorcall(m->python, args, nargsf, kwnames);
+    PyObject *sched = args[0];
+    PyObject *d = PyObject_GetAttr(sched, s_dict);
+    if (d == NULL) {
+        PyErr_Clear();
+        return PyObject_Vectorcall(m->python, args, nargsf, kwnames);
+    }
+    PyObject *count = PyDict_GetItemWithError(d, s_step_count);
+    int first = count ? PyObject_RichCompareBool(count, one, Py_EQ) : 0;
+    Py_DECREF(d);
+    if (first < 0 || (count == NULL && PyErr_Occurred()))
+        return NULL;
+    PyObject *stack = PyObject_GetAttr(m->local, s_sched_stack);
+    if (stack == NULL)
+        return NULL;
+    Py_ssize_t depth = PyList_Check(stack) ? PyList_GET_SIZE(stack) : -1;
+    if (first || depth < 0 || (depth > 0 && PyList_GET_ITEM(stack, depth - 1) == sched)) {
+        Py_DECREF(stack);
+        return PyObject_Vectorcall(m->python, args, nargsf, kwnames);
+    }
+    PyObject *parent = depth > 0 ? PyList_GET_ITEM(stack, depth - 1) : Py_None;
+    Py_INCREF(parent);
+    int init = in_constructor(m->local);
+    PyObject *t0 = init < 0 ? NULL : now_ns();
+    if (t0 == NULL || PyList_Append(stack, sched) < 0) {
+        Py_XDECREF(t0);
+        Py_DECREF(parent);
+        Py_DECREF(stack);
+        return NULL;
+    }
+    PyObject *result = PyObject_Vectorcall(m->fn, args, nargsf, kwnames);
+    PyObject *exc = result == NULL ? take_exception() : NULL;
+    PyObject *t1 = now_ns();
+    Py_ssize_t n = PyList_GET_SIZE(stack);
+    int popped = n > 0 ? PyList_SetSlice(stack, n - 1, n, NULL) : 0;
+    PyObject *metric = Py_None;
+    if (nargs > 1) {
+        metric = args[1];
+    } else if (kwnames != NULL) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++)
+            if (PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, i), s_metrics) == 0)
+                metric = args[nargs + i];
+    }
+    PyObject *recorded = NULL;
+    if (t1 != NULL && popped == 0) {
+        PyObject *call[6] = {sched, t0, t1, parent, init ? Py_True : Py_False, metric};
+        recorded = PyObject_Vectorcall(m->record, call, 6, NULL);
+    }
+    Py_XDECREF(t1);
+    Py_DECREF(t0);
+    Py_DECREF(parent);
+    Py_DECREF(stack);
+    if (recorded == NULL) { /* as a Python `finally`: its exception replaces the step's */
+        Py_XDECREF(exc);
+        Py_XDECREF(result);
+        return NULL;
+    }
+    Py_DECREF(recorded);
+    if (exc != NULL) {
+#if PY_VERSION_HEX >= 0x030C0000
+        PyErr_SetRaisedException(exc);
+#else
+        PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+#endif
+        return NULL;
+    }
+    return result;
+}
+
+static PyObject *
+Method_get_lr(Method *m, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1 || !bound)
+        return PyObject_Vectorcall(m->python, args, nargsf, kwnames);
+    PyObject *sched = args[0];
+    PyObject *stack = PyObject_GetAttr(m->local, s_sched_stack);
+    if (stack == NULL)
+        return NULL;
+    if (!PyList_Check(stack)) {
+        Py_DECREF(stack);
+        return PyObject_Vectorcall(m->python, args, nargsf, kwnames);
+    }
+    Py_ssize_t depth = PyList_GET_SIZE(stack);
+    int own = depth > 0 && PyList_GET_ITEM(stack, depth - 1) == sched;
+    Py_DECREF(stack);
+    if (!own) { /* only a scheduler's own step (or constructor) may compute its get_lr() */
+        int init = in_constructor(m->local);
+        if (init < 0)
+            return NULL;
+        if (!init) {
+            PyObject *target = PyObject_GetAttr(m->record, s_target);
+            PyObject *r = target ? PyObject_CallMethodOneArg(target, s_get_lr_call, sched) : NULL;
+            Py_XDECREF(target);
+            if (r == NULL)
+                return NULL;
+            Py_DECREF(r);
+        }
+    }
+    return PyObject_Vectorcall(m->fn, args, nargsf, kwnames);
+}
+
+static PyObject *
+Method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *fn, *python, *record, *local;
+    const char *kind;
+    if (!PyArg_ParseTuple(args, "sOOOO:Method", &kind, &fn, &python, &record, &local))
+        return NULL;
+    int k = strcmp(kind, "step") == 0 ? METHOD_STEP : strcmp(kind, "get_lr") == 0 ? METHOD_GET_LR : -1;
+    if (k < 0) {
+        PyErr_Format(PyExc_ValueError, "no compiled method %s", kind);
+        return NULL;
+    }
+    Method *m = (Method *)type->tp_alloc(type, 0);
+    if (m == NULL)
+        return NULL;
+    m->fn = Py_NewRef(fn);
+    m->python = Py_NewRef(python);
+    m->record = Py_NewRef(record);
+    m->local = Py_NewRef(local);
+    m->kind = k;
+    m->vectorcall = k == METHOD_STEP ? (vectorcallfunc)Method_step : (vectorcallfunc)Method_get_lr;
+    return (PyObject *)m;
+}
+
+static PyObject *
+Method_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(self);
+    return PyMethod_New(self, obj);
+}
+
+/* The wrapper's attributes are the Python wrapper's (__wrapped__, __name__, __doc__, _lrdebug_patched). */
+static PyObject *
+Method_getattro(Method *m, PyObject *name)
+{
+    return PyObject_GetAttr(m->python, name);
+}
+
+static int
+Method_setattro(Method *m, PyObject *name, PyObject *value)
+{
+    return PyObject_SetAttr(m->python, name, value);
+}
+
+static int
+Method_traverse(Method *m, visitproc visit, void *arg)
+{
+    Py_VISIT(m->fn);
+    Py_VISIT(m->python);
+    Py_VISIT(m->record);
+    Py_VISIT(m->local);
+    return 0;
+}
+
+static int
+Method_clear(Method *m)
+{
+    Py_CLEAR(m->fn);
+    Py_CLEAR(m->python);
+    Py_CLEAR(m->record);
+    Py_CLEAR(m->local);
+    return 0;
+}
+
+static void
+Method_dealloc(Method *m)
+{
+    PyObject_GC_UnTrack(m);
+    Method_clear(m);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static PyObject *
+Method_repr(Method *m)
+{
+    return PyUnicode_FromFormat("<lrdebug compiled wrapper of %R>", m->fn);
+}
+
+static PyTypeObject MethodType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "lrdebug.record._hot.Method",
+    .tp_basicsize = sizeof(Method),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_vectorcall_offset = offsetof(Method, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = Method_descr_get,
+    .tp_getattro = (getattrofunc)Method_getattro,
+    .tp_setattro = (setattrofunc)Method_setattro,
+    .tp_new = Method_new,
+    .tp_traverse = (traverseproc)Method_traverse,
+    .tp_clear = (inquiry)Method_clear,
+    .tp_dealloc = (destructor)Method_dealloc,
+    .tp_repr = (reprfunc)Method_repr,
+};
+
 /* ------------------------------------------------------------------------------------ module */
 static int
 take(PyObject *ns, const char *key, PyObject **slot)
@@ -1030,8 +1330,10 @@ bind(PyObject *module, PyObject *ns)
     KIND_INTERNAL = PyLong_AsLong(internal);
     if (PyErr_Occurred())
         return NULL;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 4; i++) {
         depth_hint[i] = 0;
+        last_site[i].code = NULL;
+    }
     bound = 1;
     Py_RETURN_NONE;
 }
@@ -1094,12 +1396,21 @@ PyInit__hot(void)
     INTERN(s_dict, "__dict__");
     INTERN(s_zero_grad, "zero_grad");
     INTERN(s_optimizer_origin, "optimizer");
-    if (PyType_Ready(&HookType) < 0)
+    INTERN(s_sched_stack, "sched_stack");
+    INTERN(s_init_stack, "init_stack");
+    INTERN(s_init_depth, "init_depth");
+    INTERN(s_step_count, "_step_count");
+    INTERN(s_metrics, "metrics");
+    INTERN(s_get_lr_call, "get_lr_call");
+    if ((one = PyLong_FromLong(1)) == NULL)
+        return NULL;
+    if (PyType_Ready(&HookType) < 0 || PyType_Ready(&MethodType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Hook", (PyObject *)&HookType) < 0) {
+    if (PyModule_AddObjectRef(m, "Hook", (PyObject *)&HookType) < 0
+        || PyModule_AddObjectRef(m, "Method", (PyObject *)&MethodType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

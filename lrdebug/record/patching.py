@@ -170,7 +170,7 @@ class Installation:
         step.__name__ = getattr(fn, "__name__", "step")
         step.__qualname__ = getattr(fn, "__qualname__", "step")
         step.__doc__ = getattr(fn, "__doc__", None)
-        return step
+        return hotpath.method("step", fn, step, record, local)
 
     def _wrap_sched_init(self, fn: Callable) -> Callable:
         sink, local = self.sink, _local
@@ -207,7 +207,7 @@ class Installation:
 
         get_lr.__wrapped__ = fn
         get_lr.__doc__ = getattr(fn, "__doc__", None)
-        return get_lr
+        return hotpath.method("get_lr", fn, get_lr, sink, local)
 
     def _wrap_sched_load(self, fn: Callable) -> Callable:
         sink = self.sink
