@@ -5,7 +5,9 @@ Per (rank, optimizer, group): step counts, exact LR statistics and a fingerprint
 and data-wait distributions (log-histograms, 64 bins per doubling, quantiles within 0.8 %). Ranks with
 equal fingerprints, step and skipped counts are one group; every other rank is named with the first
 step where its LR differs from the largest group's. No rank is held in Python: each query is one
-grouped aggregate that DuckDB runs in parallel within a capped memory.
+grouped aggregate that DuckDB runs in parallel within a capped memory. When every part carries its
+summary (``tracefile.summary``), those figures are read from the footers instead (``from_summaries``);
+DuckDB then only finds the first differing step of the ranks that differ.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import numpy as np
 from ..rules.ranks import rank_list
 from ..tracefile.schema import OPTIMIZER_STEP, OPTIMIZER_STEP_SKIPPED
 from ..tracefile.sql import VIEW, connect, parquet_view
-from .scan import GroupStats
+from ..tracefile.summary import XSUB, GroupStats
 
 COLUMNS = ["rank", "seq", "event", "optimizer", "group", "step", "lr", "dur_ns", "data_wait_ns", "file", "line"]
-SUB = 64  # histogram bins per doubling
+SUB = XSUB  # histogram bins per doubling
 MAX_DETAIL = 32  # ranks outside the largest group named with their first differing step
 SLOWEST = 5
 
@@ -37,6 +39,22 @@ class CrossRank:
         self.skipped: dict[tuple[int, int], int] = {}
         self.fingerprints: dict[tuple[int, int, int], int] = {}
         self.timing: dict[tuple[int, int], dict[str, dict[str, float]]] = {}
+        self.counts: list[tuple] | None = None  # per (optimizer, rank): last step, skipped steps, first skipped
+
+    def from_summaries(self, merged: dict) -> CrossRank:
+        """The same figures from each rank's merged part summaries (``report.scan.rank_summaries``)."""
+        counts = []
+        for r, m in sorted(merged.items()):
+            self.groups.update({(r, o, g): st for (_, o, g), st in m.groups.items() if o >= 0})
+            self.skipped.update({(r, o): n for (_, o), n in m.skipped.items() if o >= 0 and n})
+            self.fingerprints.update({(r, o, g): fp for (o, g), fp in m.fingerprints.items()})
+            for (o, kind), (bins, n) in sorted(m.xhist.items()):
+                self.timing.setdefault((r, o), {})[kind] = _quantiles(bins.tolist(), n.tolist())
+            for o in sorted(set(m.max_step) | set(m.skipped_set)):
+                skipped = m.skipped_set.get(o, ())
+                counts.append((o, r, m.max_step.get(o), len(skipped), int(min(skipped)) if len(skipped) else None))
+        self.counts = sorted(counts, key=lambda row: row[:2])
+        return self
 
     def run(self) -> CrossRank:
         rows = self.con.execute(f"""
@@ -78,14 +96,8 @@ class CrossRank:
             while j < len(rows) and rows[j][:3] == rows[i][:3]:
                 j += 1
             r, o, kind = rows[i][:3]
-            bins = np.array([row[3] for row in rows[i:j]])
-            counts = np.cumsum([row[4] for row in rows[i:j]])
-            q = {}
-            for name, p in (("p50", 0.5), ("p95", 0.95)):
-                k = int(np.searchsorted(counts, p * counts[-1]))
-                q[name] = float(2.0 ** ((bins[min(k, len(bins) - 1)] + 0.5) / SUB))
-            q["n"] = int(counts[-1])
-            self.timing.setdefault((r, o), {})[kind] = q
+            self.timing.setdefault((r, o), {})[kind] = _quantiles([row[3] for row in rows[i:j]],
+                                                                  [row[4] for row in rows[i:j]])
             i = j
 
     def representatives(self, ranks: list[int]) -> list[int]:
@@ -166,3 +178,14 @@ class CrossRank:
                 "median_rank": {"dur_ns_p50": p50s[len(p50s) // 2],
                                 "data_wait_ns_p50": waits[len(waits) // 2] if waits else None},
                 "ranks": len(per)}
+
+
+def _quantiles(bins: list[int], counts: list[int]) -> dict[str, float]:
+    """p50, p95 (the middle of their bin) and n of a log2 histogram (bins in increasing order)."""
+    bins, counts = np.array(bins), np.cumsum(counts)
+    q = {}
+    for name, p in (("p50", 0.5), ("p95", 0.95)):
+        k = int(np.searchsorted(counts, p * counts[-1]))
+        q[name] = float(2.0 ** ((bins[min(k, len(bins) - 1)] + 0.5) / SUB))
+    q["n"] = int(counts[-1])
+    return q

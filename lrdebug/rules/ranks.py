@@ -26,7 +26,7 @@ _REL_TOL = 1e-12
 _EVENTS = f"event IN ('{OPTIMIZER_STEP}', '{OPTIMIZER_STEP_SKIPPED}')"
 
 
-def rank_findings(trace, con=None, compare: list[int] | None = None) -> list[Finding]:
+def rank_findings(trace, con=None, compare: list[int] | None = None, counts: list[tuple] | None = None) -> list[Finding]:
     """`rank-divergence` findings of a trace (a ``tracefile.Trace``); none when it has one rank.
 
     The comparison runs in DuckDB over a view ``events`` (``tracefile.sql``): ``con`` when given (a
@@ -35,6 +35,8 @@ def rank_findings(trace, con=None, compare: list[int] | None = None) -> list[Fin
     Python. ``compare``: the ranks whose LRs can differ (the caller knows that every other rank
     used bit for bit the LRs of one of them, from schedule fingerprints): the per-step comparison
     reads only their partitions, and the ranks on each side are still named from every rank.
+    ``counts``: per (optimizer, rank) the last step, the number of skipped steps and the first, when the
+    caller has them (from the parts' summaries); else they are counted here.
     """
     from ..tracefile.sql import VIEW, connect, table_view
 
@@ -51,7 +53,7 @@ def rank_findings(trace, con=None, compare: list[int] | None = None) -> list[Fin
     if len(ranks) < 2:
         return []
     labels = _Labels(trace.meta, trace.status, ranks)
-    return _lr_findings(con, labels, compare) + _count_findings(con, ranks, labels)
+    return _lr_findings(con, labels, compare) + _count_findings(con, ranks, labels, counts)
 
 
 class _Labels:
@@ -131,12 +133,12 @@ def _lr_findings(con, labels: _Labels, compare: list[int] | None = None) -> list
     return findings
 
 
-def _count_findings(con, ranks: list[int], labels: _Labels) -> list[Finding]:
+def _count_findings(con, ranks: list[int], labels: _Labels, per_rank: list[tuple] | None = None) -> list[Finding]:
     """Ranks ended with different step or skipped-step counts (one finding per optimizer and kind)."""
     from ..tracefile.sql import VIEW
 
     # Two plain aggregates joined (a DISTINCT over every row of every rank would hold them all).
-    per_rank = con.execute(f"""
+    per_rank = per_rank if per_rank is not None else con.execute(f"""
         WITH done AS (SELECT optimizer, rank, max(step) AS last FROM {VIEW}
                       WHERE event = '{OPTIMIZER_STEP}' AND optimizer IS NOT NULL AND step IS NOT NULL GROUP BY ALL),
              skip AS (SELECT optimizer, rank, count(DISTINCT step) AS n, min(step) AS first FROM {VIEW}
