@@ -34,6 +34,9 @@ from ..tracefile.summary import (  # noqa: F401 - the building blocks, where ren
 )
 
 
+MERGE_AT_ONCE = 64  # part summaries held at once (~120 kB each): their outlines are merged in one reduction
+
+
 def t_max_of(md: pq.FileMetaData) -> int | None:
     """The largest ``t_ns`` of a part, from its footer's statistics (None when they do not say)."""
     names = md.schema.names
@@ -82,13 +85,14 @@ def rank_summaries(trace: Trace, detail=lambda rank: True, cross: bool = True) -
         merged = Scan(rank)
         merged.detailed = detail(rank)
         try:
-            loaded = []
-            for part in parts:
-                md = trace.footers[part]
-                loaded.append(load_summary((md.metadata or {})[SUMMARY_KEY], merged.detailed, cross))
-                if loaded[-1].rows != md.num_rows:
-                    raise ValueError("summary of other rows")
-            merged.merge(loaded, detail=merged.detailed)
+            for i in range(0, len(parts), MERGE_AT_ONCE):
+                loaded = []
+                for part in parts[i:i + MERGE_AT_ONCE]:
+                    md = trace.footers[part]
+                    loaded.append(load_summary((md.metadata or {})[SUMMARY_KEY], merged.detailed, cross))
+                    if loaded[-1].rows != md.num_rows:
+                        raise ValueError("summary of other rows")
+                merged.merge(loaded, detail=merged.detailed)
         except Exception:  # noqa: BLE001 - no summary (an older trace), or a damaged one: the rows are read
             continue
         out[rank] = merged

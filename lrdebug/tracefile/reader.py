@@ -231,10 +231,12 @@ def read_trace(path: str | os.PathLike, columns: list[str] | None = None, ranks=
             if isinstance(status.get("meta"), dict):
                 trace.meta[rank] = status["meta"] = clean_meta(status["meta"])
     tables = []
+    seen: set[tuple] = set()
     for rank, _, part in parts:
         try:
             pf = pq.ParquetFile(part)
-            meta = _part_meta(pf.schema_arrow)
+            schema = pf.schema_arrow
+            meta = _part_meta(schema)
             check_version(meta.get("schema_version", "1.0"), part)
         except TraceError:
             raise
@@ -244,14 +246,17 @@ def read_trace(path: str | os.PathLike, columns: list[str] | None = None, ranks=
         trace.parts.append((rank, part))
         trace.footers[part] = pf.metadata
         trace.rows += pf.metadata.num_rows
-        trace.present.update(n for n in pf.schema_arrow.names if n in SCHEMA.names)
-        trace.uniform = trace.uniform and _uniform(pf.schema_arrow)
+        fields = tuple(zip(schema.names, schema.types))
+        if fields not in seen:  # parts of one run share their columns: checked once
+            seen.add(fields)
+            trace.present.update(n for n in schema.names if n in SCHEMA.names)
+            trace.uniform = trace.uniform and _uniform(schema)
         if not wanted:
             if rank not in trace.status or "meta" not in trace.status[rank]:
                 trace.meta[rank] = meta
             continue
         try:
-            present = [c for c in wanted if c in pf.schema_arrow.names]
+            present = [c for c in wanted if c in schema.names]
             table = _conform(pf.read(columns=present), wanted, rank)
         except Exception as exc:  # noqa: BLE001
             trace.skipped.append(f"{part.relative_to(root)} ({short_error(exc)})")

@@ -89,7 +89,10 @@ class Dist:
         self.n += other.n
         self.total += other.total
         self.max = max(self.max, other.max)
-        self.counts += other.counts
+        if other.sparse is not None:
+            np.add.at(self.counts, *other.sparse)
+        else:
+            self.counts += other.counts
         if self.raw is not None and other.raw is not None and self.n <= self.EXACT:
             self.raw += other.raw
         else:
@@ -100,19 +103,21 @@ class Dist:
         """As a scan of the values would give it: raw values kept, or enough values for the histogram."""
         return self.raw is not None or self.n > self.EXACT or not self.n
 
+    sparse: tuple[np.ndarray, np.ndarray] | None = None  # a stored distribution: (bins, counts), to merge
+
     def state(self) -> list:
         nz = np.flatnonzero(self.counts)
         return [self.n, self.total, self.max, _pack(nz.astype(np.int32)), _pack(self.counts[nz])]
 
     @classmethod
     def from_state(cls, st: list) -> Dist:
-        d = cls()
-        d.n, d.total, d.max = int(st[0]), int(st[1]), int(st[2])
+        """A stored distribution, only to be merged into another (its histogram stays sparse)."""
+        d = cls.__new__(cls)
+        d.n, d.total, d.max = _int(st[0]), _int(st[1]), _int(st[2])
         nz, counts = _unpack(st[3], np.int32), _unpack(st[4], np.int64)
         if len(nz) != len(counts) or (len(nz) and (nz.min() < 0 or nz.max() >= cls.BINS)) or counts.sum() != d.n:
             raise ValueError("bad distribution")
-        d.counts[nz] = counts
-        d.raw = None
+        d.sparse, d.raw = (nz, counts), None
         return d
 
     def quantile(self, q: float) -> float:
@@ -143,8 +148,12 @@ class Envelope:
         self.hi = np.empty(0)
 
     def add(self, steps: np.ndarray, lrs: np.ndarray) -> None:
-        ids = np.maximum(steps - 1, 0) >> self.shift
-        self._reduce(np.concatenate([self.ids, ids]), np.concatenate([self.lo, lrs]), np.concatenate([self.hi, lrs]))
+        ids = np.maximum(steps - 1, 0)
+        s = max(self.shift, _least_shift(ids, self.limit))
+        ids = ids >> s
+        old = self.ids >> (s - self.shift)
+        self.shift = s
+        self._reduce(np.concatenate([old, ids]), np.concatenate([self.lo, lrs]), np.concatenate([self.hi, lrs]))
         self._fit()
 
     def _fit(self) -> None:
@@ -224,8 +233,12 @@ class Series:
         """``values``: one column per name in ``NAMES``, one row per step."""
         values = values.astype(np.float64)
         ok = values >= 0
-        ids = np.maximum(steps - 1, 0).astype(np.int64) >> self.shift
-        self._reduce(np.concatenate([self.ids, ids]), np.concatenate([self.sums, np.where(ok, values, 0)]),
+        ids = np.maximum(steps - 1, 0).astype(np.int64)
+        s = max(self.shift, _least_shift(ids, self.limit))
+        ids = ids >> s
+        old = self.ids >> (s - self.shift)
+        self.shift = s
+        self._reduce(np.concatenate([old, ids]), np.concatenate([self.sums, np.where(ok, values, 0)]),
                      np.concatenate([self.counts, ok.astype(np.float64)]),
                      np.concatenate([self.maxs, np.where(ok, values, -1.0)]))
         self._fit()
@@ -248,7 +261,8 @@ class Series:
     exact = Envelope.exact
 
     def state(self) -> list:
-        return [self.shift, _pack(self.ids), _pack(self.sums), _pack(self.counts), _pack(self.maxs)]
+        """Sums, counts and maxima are whole nanoseconds and counts: stored as integers."""
+        return [self.shift, _pack(self.ids), *(_pack(a.astype(np.int64)) for a in (self.sums, self.counts, self.maxs))]
 
     @classmethod
     def from_state(cls, st: list, limit: int | None = None) -> Series:
@@ -256,7 +270,7 @@ class Series:
         e.shift = _shift(st[0])
         k = len(cls.NAMES)
         e.ids = _unpack(st[1], np.int64)
-        e.sums, e.counts, e.maxs = (_unpack(x, np.float64).reshape(-1, k) for x in st[2:5])
+        e.sums, e.counts, e.maxs = (_unpack(x, np.int64).astype(np.float64).reshape(-1, k) for x in st[2:5])
         if not len(e.ids) == len(e.sums) == len(e.counts) == len(e.maxs) or (len(e.ids) and (e.ids[1:] <= e.ids[:-1]).any()):
             raise ValueError("bad step-time outline")
         return e
@@ -833,6 +847,21 @@ def _unpack(text: str, dtype) -> np.ndarray:
     if d.unconsumed_tail:
         raise ValueError("summary array too large")
     return np.frombuffer(raw, dtype=dtype)
+
+
+def _least_shift(ids: np.ndarray, limit: int) -> int:
+    """A shift that the outline of ``ids`` (steps - 1) needs at least: a bucket of 2**s steps holds at
+    most 2**s distinct ones. Starting there saves reducing a long part one halving at a time."""
+    if len(ids) <= limit:
+        return 0
+    if (ids[1:] >= ids[:-1]).all():
+        distinct = int(np.count_nonzero(ids[1:] != ids[:-1])) + 1
+    else:
+        distinct = len(np.unique(ids))
+    s = 0
+    while distinct > limit << s:
+        s += 1
+    return s
 
 
 def _hist_add(cur: tuple[np.ndarray, np.ndarray] | None, bins: np.ndarray, counts: np.ndarray):
