@@ -106,8 +106,8 @@ class Dist:
     sparse: tuple[np.ndarray, np.ndarray] | None = None  # a stored distribution: (bins, counts), to merge
 
     def state(self) -> list:
-        nz = np.flatnonzero(self.counts)
-        return [self.n, self.total, self.max, _pack(nz.astype(np.int32)), _pack(self.counts[nz])]
+        nz, counts = self.sparse or (np.flatnonzero(self.counts), self.counts[np.flatnonzero(self.counts)])
+        return [self.n, self.total, self.max, _pack(nz.astype(np.int32)), _pack(counts.astype(np.int64))]
 
     @classmethod
     def from_state(cls, st: list) -> Dist:
