@@ -232,10 +232,11 @@ def read_trace(path: str | os.PathLike, columns: list[str] | None = None, ranks=
                 trace.meta[rank] = status["meta"] = clean_meta(status["meta"])
     tables = []
     seen: set[tuple] = set()
-    for rank, _, part in parts:
+    for (rank, _, part), opened in zip(parts, _open_ahead([p for _, _, p in parts])):
         try:
-            pf = pq.ParquetFile(part)
-            schema = pf.schema_arrow
+            if isinstance(opened, Exception):
+                raise opened
+            pf, schema = opened
             meta = _part_meta(schema)
             check_version(meta.get("schema_version", "1.0"), part)
         except TraceError:
@@ -271,6 +272,27 @@ def read_trace(path: str | os.PathLike, columns: list[str] | None = None, ranks=
     if "rank" in wanted and "seq" in wanted and trace.table.num_rows:
         trace.table = trace.table.sort_by([("rank", "ascending"), ("seq", "ascending")])
     return trace
+
+
+def _open_ahead(paths: list[Path], ahead: int = 8):
+    """Each part opened (its footer parsed: pyarrow releases the GIL) by two threads a few parts ahead
+    of the caller, as ``(ParquetFile, Arrow schema)`` or the exception; few files are open at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def open_one(path):
+        try:
+            pf = pq.ParquetFile(path)
+            return pf, pf.schema_arrow
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, which skips the part
+            return exc
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending = [pool.submit(open_one, p) for p in paths[:ahead]]
+        for i in range(len(paths)):
+            if i + ahead < len(paths):
+                pending.append(pool.submit(open_one, paths[i + ahead]))
+            yield pending[i].result()
+            pending[i] = None
 
 
 def rank_spans(ranks, sep: str = ",") -> str:
