@@ -42,7 +42,7 @@ class CrossRank:
         self.counts: list[tuple] | None = None  # per (optimizer, rank): last step, skipped steps, first skipped
 
     def from_summaries(self, merged: dict) -> CrossRank:
-        """The same figures from each rank's merged part summaries (``report.scan.rank_summaries``)."""
+        """The same figures from each rank's merged part summaries (``report.scan.Summaries``)."""
         counts = []
         for r, m in sorted(merged.items()):
             self.groups.update({(r, o, g): st for (_, o, g), st in m.groups.items() if o >= 0})
@@ -109,6 +109,15 @@ class CrossRank:
                 key = (o, g, fp)
                 keep[key] = min(keep.get(key, r), r)
         return sorted(set(keep.values()))
+
+    def classes(self, ranks: list[int]) -> dict[tuple[int, int], dict[int, list[int]]]:
+        """Per (optimizer, group): each representative (``representatives``) with the ranks that used
+        bit for bit its LRs at every step."""
+        by_fp: dict[tuple[int, int], dict[int, list[int]]] = {}
+        for (r, o, g), fp in sorted(self.fingerprints.items()):
+            if r in ranks:
+                by_fp.setdefault((o, g), {}).setdefault(fp, []).append(r)
+        return {k: {min(rs): rs for rs in fps.values()} for k, fps in by_fp.items()}
 
     # -- the story
     def story(self, ranks: list[int], labels) -> dict[str, Any]:

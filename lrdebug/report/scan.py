@@ -68,43 +68,64 @@ def read_part(path: Path, columns: list[str] = COLUMNS) -> tuple[list[pa.RecordB
     return table.combine_chunks().to_batches(max_chunksize=max(1, table.num_rows)), t_max_of(md)
 
 
-def rank_summaries(trace: Trace, detail=lambda rank: True, cross: bool = True) -> dict[int, Scan]:
-    """Per rank whose every readable part has a summary in its footer, those summaries merged in order
-    (``Scan.detailed``: with the curves and timing, for the ranks ``detail(rank)`` names; else only
-    the counts and the cross-rank figures; ``cross=False``: without those). Empty when
-    ``LRDEBUG_SUMMARIES=0``."""
-    if os.environ.get("LRDEBUG_SUMMARIES", "1") == "0":
-        return {}
-    skipped = {s.split(" (")[0] for s in trace.skipped}
-    by_rank: dict[int, list[Path]] = collections.defaultdict(list)
-    for r, part in trace.parts:
-        if str(part.relative_to(trace.path)) not in skipped:
-            by_rank[r].append(part)
-    out = {}
-    for rank, parts in sorted(by_rank.items()):
-        merged = Scan(rank)
-        merged.detailed = detail(rank)
+class Summaries:
+    """Per rank, the summaries stored in its parts' footers, merged as ``read_trace(on_part=...)`` opens
+    them (a rank's parts come in order); a rank with a part without a usable one (an older trace, a
+    damaged footer) has none. ``few``: every rank keeps its detail (curves, timing), else the first rank
+    alone (the primary); the others only their counts and the cross-rank figures. ``cross``: those
+    figures are wanted. Nothing is kept when ``LRDEBUG_SUMMARIES=0``."""
+
+    def __init__(self, few: bool, cross: bool) -> None:
+        self.few, self.cross = few, cross
+        self.enabled = os.environ.get("LRDEBUG_SUMMARIES", "1") != "0"
+        self.merged: dict[int, Scan | None] = {}
+        self.t_max: dict[int, int] = {}
+        self._pending: list[Scan] = []
+        self._rank: int | None = None
+
+    def __call__(self, rank: int, part: Path, md: pq.FileMetaData) -> None:
+        tm = t_max_of(md)
+        if tm is not None:
+            self.t_max[rank] = max(self.t_max.get(rank, tm), tm)
+        if not self.enabled:
+            return
+        if rank != self._rank:
+            self._flush()
+            self._rank = rank
+            self.merged[rank] = Scan(rank)
+            self.merged[rank].detailed = self.few or len(self.merged) == 1
+        merged = self.merged[rank]
+        if merged is None:
+            return
         try:
-            for i in range(0, len(parts), MERGE_AT_ONCE):
-                loaded = []
-                for part in parts[i:i + MERGE_AT_ONCE]:
-                    md = trace.footers[part]
-                    loaded.append(load_summary((md.metadata or {})[SUMMARY_KEY], merged.detailed, cross))
-                    if loaded[-1].rows != md.num_rows:
-                        raise ValueError("summary of other rows")
-                merged.merge(loaded, detail=merged.detailed)
-        except Exception:  # noqa: BLE001 - no summary (an older trace), or a damaged one: the rows are read
-            continue
-        out[rank] = merged
-    return out
+            p = load_summary((md.metadata or {})[SUMMARY_KEY], merged.detailed, self.cross)
+            if p.rows != md.num_rows:
+                raise ValueError("summary of other rows")
+        except Exception:  # noqa: BLE001 - the rank's rows are read instead
+            self.merged[rank], self._pending = None, []
+            return
+        self._pending.append(p)
+        if len(self._pending) >= MERGE_AT_ONCE:
+            self._flush()
+
+    def _flush(self) -> None:
+        merged = self.merged.get(self._rank)
+        if merged is not None and self._pending:
+            merged.merge(self._pending, detail=merged.detailed)
+        self._pending = []
+
+    def result(self) -> dict[int, Scan]:
+        """Per rank whose every readable part had a summary, their merge."""
+        self._flush()
+        return {r: m for r, m in self.merged.items() if m is not None}
 
 
 def scan_trace(trace: Trace, only_primary: bool = False,
-               summaries: dict[int, Scan] | None = None) -> tuple[Scan, dict[int, int], int]:
+               summaries: Summaries | None = None) -> tuple[Scan, dict[int, int], int]:
     """Stream the readable parts of ``trace`` through a ``Scan``; parts that fail are added to ``trace.skipped``.
 
     ``only_primary``: read the lowest rank's parts alone (the other ranks are summarised in DuckDB).
-    ``summaries`` (``rank_summaries``): a rank whose merged summary is exact is not read.
+    ``summaries`` (filled while the trace was read): a rank whose merged summary is exact is not read.
     Returns the scan, the largest ``t_ns`` per rank and the number of parts read.
     """
     skipped = {s.split(" (")[0] for s in trace.skipped}
@@ -115,18 +136,17 @@ def scan_trace(trace: Trace, only_primary: bool = False,
     t_max: dict[int, int] = {}
     read = 0
     todo = []
+    merged_ranks = summaries.result() if summaries is not None else {}
     for rank in sorted({r for r, _ in parts}):
         mine = [p for r, p in parts if r == rank]
-        merged = (summaries or {}).get(rank)
+        merged = merged_ranks.get(rank)
         if merged is None or not merged.detailed or not merged.exact():
             todo += [(rank, p) for p in mine]
             continue
         scan.take_rank(rank, merged)
         read += len(mine)
-        for p in mine:
-            tm = t_max_of(trace.footers[p])
-            if tm is not None:
-                t_max[rank] = max(t_max.get(rank, tm), tm)
+        if rank in summaries.t_max:
+            t_max[rank] = summaries.t_max[rank]
     with ThreadPoolExecutor(max_workers=2) as pool:
         ahead = collections.deque()
         todo = iter(todo)

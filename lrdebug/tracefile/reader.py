@@ -41,7 +41,6 @@ class Trace:
     parts: list[tuple[int, Path]] = field(default_factory=list)  # readable parts (footer and metadata)
     present: set[str] = field(default_factory=set)  # columns some readable part has
     rows: int = 0  # rows of the readable parts (their footers)
-    footers: dict[Path, pq.FileMetaData] = field(default_factory=dict)  # of the readable parts
     uniform: bool = True
     selected: list[int] | None = None  # the ranks asked for (None: every rank)  # every readable part's columns have the schema's types (queried as they are)
 
@@ -191,8 +190,11 @@ def _uniform(schema: pa.Schema, table: pa.Table | None = None) -> bool:
     return all(plain(f.type) == plain(SCHEMA.field(f.name).type) for f in schema if f.name in SCHEMA.names)
 
 
-def read_trace(path: str | os.PathLike, columns: list[str] | None = None, ranks=None) -> Trace:
+def read_trace(path: str | os.PathLike, columns: list[str] | None = None, ranks=None, on_part=None) -> Trace:
     """Read a trace directory; corrupt parts are skipped and named in ``Trace.skipped``.
+
+    ``on_part(rank, path, footer)`` is called for each readable part in order (rank, then part), with
+    its ``pyarrow.parquet.FileMetaData``: what a caller wants of the footers, without holding them all.
 
     ``ranks`` (an int, a list, or a spec like ``"0-3,8"``): only those partitions are listed and read.
     """
@@ -245,7 +247,8 @@ def read_trace(path: str | os.PathLike, columns: list[str] | None = None, ranks=
             trace.skipped.append(f"{part.relative_to(root)} ({short_error(exc)})")
             continue
         trace.parts.append((rank, part))
-        trace.footers[part] = pf.metadata
+        if on_part is not None:
+            on_part(rank, part, pf.metadata)
         trace.rows += pf.metadata.num_rows
         fields = tuple(zip(schema.names, schema.types))
         if fields not in seen:  # parts of one run share their columns: checked once
