@@ -140,7 +140,7 @@ def scan_trace(trace: Trace, only_primary: bool = False,
     for rank in sorted({r for r, _ in parts}):
         mine = [p for r, p in parts if r == rank]
         merged = merged_ranks.get(rank)
-        if merged is None or not merged.detailed or not merged.exact():
+        if merged is None or not merged.detailed or not merged.exact(rank == scan.primary):
             todo += [(rank, p) for p in mine]
             continue
         scan.take_rank(rank, merged)

@@ -725,8 +725,11 @@ class Scan:
     inexact = False
     detailed = True
 
-    def exact(self) -> bool:
-        """Whether the summaries merged here give what a scan of the rows gives."""
+    def exact(self, primary: bool = True) -> bool:
+        """Whether the summaries merged here give what a scan of the rows gives: everything for the
+        primary rank; for another, what a report keeps of it (counts and LR outlines)."""
+        if not primary:
+            return all(e.exact for e in self.curves.values())
         dists = [self.sched_dur, self.zero_dur, *(d for ds in self.timing.values() for d in ds.values())]
         return (not self.inexact and all(e.exact for e in [*self.curves.values(), *self.step_time.values()])
                 and all(d.exact for d in dists))
