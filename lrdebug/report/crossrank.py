@@ -34,7 +34,7 @@ class CrossRank:
     def __init__(self, trace) -> None:
         self.trace = trace
         self.con = connect()
-        parquet_view(self.con, trace.parts, trace.present, COLUMNS)
+        self._view_ranks: set[int] | None = None  # the ranks DuckDB reads (None: every rank)
         self.groups: dict[tuple[int, int, int], GroupStats] = {}
         self.skipped: dict[tuple[int, int], int] = {}
         self.fingerprints: dict[tuple[int, int, int], int] = {}
@@ -54,9 +54,19 @@ class CrossRank:
                 skipped = m.skipped_set.get(o, ())
                 counts.append((o, r, m.max_step.get(o), len(skipped), int(min(skipped)) if len(skipped) else None))
         self.counts = sorted(counts, key=lambda row: row[:2])
+        # DuckDB reads only the ranks whose rows a query needs: one per schedule, and those named in
+        # the story with their first differing step (its memory no longer grows with every rank).
+        ranks = sorted(merged)
+        ordered = self._ordered(ranks)
+        self._view(set(self.representatives(ranks)) | {ordered[0][0], *self._detailed(ordered)})
         return self
 
+    def _view(self, ranks: set[int] | None = None) -> None:
+        parts = self.trace.parts if ranks is None else [(r, p) for r, p in self.trace.parts if r in ranks]
+        parquet_view(self.con, parts, self.trace.present, COLUMNS)
+
     def run(self) -> CrossRank:
+        self._view()
         rows = self.con.execute(f"""
             SELECT rank, optimizer, coalesce("group", -1) AS g, event, count(*),
                    arg_min(coalesce(lr, 'nan'::DOUBLE), seq), arg_max(coalesce(lr, 'nan'::DOUBLE), seq),
@@ -124,17 +134,9 @@ class CrossRank:
         """``rank_groups`` (agreeing ranks together, largest first; the others with their first
         differing step) and ``stragglers`` (the five ranks with the slowest optimizer step)."""
         keys = sorted({(o, g) for _, o, g in self.groups})
-        sig = {}
-        for r in ranks:
-            sig[r] = tuple((o, g, *(lambda s: (s.steps, s.last_step) if s else (0, None))(self.groups.get((r, o, g))),
-                            self.fingerprints.get((r, o, g))) for o, g in keys) + tuple(
-                self.skipped.get((r, o), 0) for o in sorted({o for o, _ in keys}))
-        by_sig: dict[tuple, list[int]] = {}
-        for r in ranks:
-            by_sig.setdefault(sig[r], []).append(r)
-        ordered = sorted(by_sig.values(), key=lambda rs: (-len(rs), rs[0]))
+        ordered = self._ordered(ranks)
         ref = ordered[0][0]
-        others = [r for rs in ordered[1:] for r in rs]
+        others = self._detailed(ordered)
         first_diff = self._first_differences(ref, others[:MAX_DETAIL]) if others else {}
         groups = []
         for i, rs in enumerate(ordered):
@@ -148,6 +150,22 @@ class CrossRank:
                 entry["compared_with_rank"] = ref
             groups.append(entry)
         return {"rank_groups": groups, "stragglers": self.stragglers(ranks)}
+
+    def _ordered(self, ranks: list[int]) -> list[list[int]]:
+        """Ranks with equal step counts, schedule fingerprints and skipped steps together, largest group first."""
+        keys = sorted({(o, g) for _, o, g in self.groups})
+        by_sig: dict[tuple, list[int]] = {}
+        for r in ranks:
+            sig = tuple((o, g, *(lambda s: (s.steps, s.last_step) if s else (0, None))(self.groups.get((r, o, g))),
+                         self.fingerprints.get((r, o, g))) for o, g in keys) + tuple(
+                self.skipped.get((r, o), 0) for o in sorted({o for o, _ in keys}))
+            by_sig.setdefault(sig, []).append(r)
+        return sorted(by_sig.values(), key=lambda rs: (-len(rs), rs[0]))
+
+    @staticmethod
+    def _detailed(ordered: list[list[int]]) -> list[int]:
+        """The ranks outside the largest group that the story names with their first differing step."""
+        return [r for rs in ordered[1:] for r in rs][:MAX_DETAIL]
 
     def _first_differences(self, ref: int, ranks: list[int]) -> dict[int, int | None]:
         """Per rank, the first optimizer step at which its LR differs (bit for bit) from rank ``ref``'s."""
