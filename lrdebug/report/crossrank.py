@@ -33,8 +33,8 @@ class CrossRank:
 
     def __init__(self, trace) -> None:
         self.trace = trace
-        self.con = connect()
-        self._view_ranks: set[int] | None = None  # the ranks DuckDB reads (None: every rank)
+        self._con = connect()
+        self._viewed = False
         self.groups: dict[tuple[int, int, int], GroupStats] = {}
         self.skipped: dict[tuple[int, int], int] = {}
         self.fingerprints: dict[tuple[int, int, int], int] = {}
@@ -61,9 +61,18 @@ class CrossRank:
         self._view(set(self.representatives(ranks)) | {ordered[0][0], *self._detailed(ordered)})
         return self
 
+    @property
+    def con(self):
+        """The DuckDB connection with the view ``events`` (over every rank unless narrowed)."""
+        if not self._viewed:
+            self._view()
+        return self._con
+
     def _view(self, ranks: set[int] | None = None) -> None:
+        """``events`` over the parts of ``ranks`` (None: every rank)."""
         parts = self.trace.parts if ranks is None else [(r, p) for r, p in self.trace.parts if r in ranks]
-        parquet_view(self.con, parts, self.trace.present, COLUMNS)
+        parquet_view(self._con, parts, self.trace.present, COLUMNS)
+        self._viewed = True
 
     def run(self) -> CrossRank:
         self._view()
