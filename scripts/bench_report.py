@@ -6,7 +6,8 @@
 
 Each trace is made once by ``scripts/make_big_trace.py`` (an iteration records a zero_grad, an
 optimizer step and a scheduler step, so 10M optimizer_step rows are 30M rows) and kept for later
-runs. Each measurement is a fresh ``lrdebug report`` process; its wall time, CPU time and peak RSS
+runs (a trace kept from before part summaries existed is reported from its rows: delete it to have it
+made again). Each measurement is a fresh ``lrdebug report`` process; its wall time, CPU time and peak RSS
 come from ``os.wait4`` on that process. ``--pandas`` also measures ``lrdebug.load()`` (the whole
 trace as a DataFrame) for comparison.
 """

@@ -5,7 +5,9 @@ Per (rank, optimizer, group): step counts, exact LR statistics and a fingerprint
 and data-wait distributions (log-histograms, 64 bins per doubling, quantiles within 0.8 %). Ranks with
 equal fingerprints, step and skipped counts are one group; every other rank is named with the first
 step where its LR differs from the largest group's. No rank is held in Python: each query is one
-grouped aggregate that DuckDB runs in parallel within a capped memory.
+grouped aggregate that DuckDB runs in parallel within a capped memory. When every part carries its
+summary (``tracefile.summary``), those figures are read from the footers instead (``from_summaries``);
+DuckDB then only finds the first differing step of the ranks that differ.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import numpy as np
 from ..rules.ranks import rank_list
 from ..tracefile.schema import OPTIMIZER_STEP, OPTIMIZER_STEP_SKIPPED
 from ..tracefile.sql import VIEW, connect, parquet_view
-from .scan import GroupStats
+from ..tracefile.summary import XSUB, GroupStats
 
 COLUMNS = ["rank", "seq", "event", "optimizer", "group", "step", "lr", "dur_ns", "data_wait_ns", "file", "line"]
-SUB = 64  # histogram bins per doubling
+SUB = XSUB  # histogram bins per doubling
 MAX_DETAIL = 32  # ranks outside the largest group named with their first differing step
 SLOWEST = 5
 
@@ -31,14 +33,49 @@ class CrossRank:
 
     def __init__(self, trace) -> None:
         self.trace = trace
-        self.con = connect()
-        parquet_view(self.con, trace.parts, trace.present, COLUMNS)
+        self._con = connect()
+        self._viewed = False
         self.groups: dict[tuple[int, int, int], GroupStats] = {}
         self.skipped: dict[tuple[int, int], int] = {}
         self.fingerprints: dict[tuple[int, int, int], int] = {}
         self.timing: dict[tuple[int, int], dict[str, dict[str, float]]] = {}
+        self.counts: list[tuple] | None = None  # per (optimizer, rank): last step, skipped steps, first skipped
+
+    def from_summaries(self, merged: dict) -> CrossRank:
+        """The same figures from each rank's merged part summaries (``report.scan.Summaries``)."""
+        counts = []
+        for r, m in sorted(merged.items()):
+            self.groups.update({(r, o, g): st for (_, o, g), st in m.groups.items() if o >= 0})
+            self.skipped.update({(r, o): n for (_, o), n in m.skipped.items() if o >= 0 and n})
+            self.fingerprints.update({(r, o, g): fp for (o, g), fp in m.fingerprints.items()})
+            for (o, kind), (bins, n) in sorted(m.xhist.items()):
+                self.timing.setdefault((r, o), {})[kind] = _quantiles(bins.tolist(), n.tolist())
+            for o in sorted(set(m.max_step) | set(m.skipped_set)):
+                skipped = m.skipped_set.get(o, ())
+                counts.append((o, r, m.max_step.get(o), len(skipped), int(min(skipped)) if len(skipped) else None))
+        self.counts = sorted(counts, key=lambda row: row[:2])
+        # DuckDB reads only the ranks whose rows a query needs: one per schedule, and those named in
+        # the story with their first differing step (its memory no longer grows with every rank).
+        ranks = sorted(merged)
+        ordered = self._ordered(ranks)
+        self._view(set(self.representatives(ranks)) | {ordered[0][0], *self._detailed(ordered)})
+        return self
+
+    @property
+    def con(self):
+        """The DuckDB connection with the view ``events`` (over every rank unless narrowed)."""
+        if not self._viewed:
+            self._view()
+        return self._con
+
+    def _view(self, ranks: set[int] | None = None) -> None:
+        """``events`` over the parts of ``ranks`` (None: every rank)."""
+        parts = self.trace.parts if ranks is None else [(r, p) for r, p in self.trace.parts if r in ranks]
+        parquet_view(self._con, parts, self.trace.present, COLUMNS)
+        self._viewed = True
 
     def run(self) -> CrossRank:
+        self._view()
         rows = self.con.execute(f"""
             SELECT rank, optimizer, coalesce("group", -1) AS g, event, count(*),
                    arg_min(coalesce(lr, 'nan'::DOUBLE), seq), arg_max(coalesce(lr, 'nan'::DOUBLE), seq),
@@ -78,14 +115,8 @@ class CrossRank:
             while j < len(rows) and rows[j][:3] == rows[i][:3]:
                 j += 1
             r, o, kind = rows[i][:3]
-            bins = np.array([row[3] for row in rows[i:j]])
-            counts = np.cumsum([row[4] for row in rows[i:j]])
-            q = {}
-            for name, p in (("p50", 0.5), ("p95", 0.95)):
-                k = int(np.searchsorted(counts, p * counts[-1]))
-                q[name] = float(2.0 ** ((bins[min(k, len(bins) - 1)] + 0.5) / SUB))
-            q["n"] = int(counts[-1])
-            self.timing.setdefault((r, o), {})[kind] = q
+            self.timing.setdefault((r, o), {})[kind] = _quantiles([row[3] for row in rows[i:j]],
+                                                                  [row[4] for row in rows[i:j]])
             i = j
 
     def representatives(self, ranks: list[int]) -> list[int]:
@@ -98,22 +129,23 @@ class CrossRank:
                 keep[key] = min(keep.get(key, r), r)
         return sorted(set(keep.values()))
 
+    def classes(self, ranks: list[int]) -> dict[tuple[int, int], dict[int, list[int]]]:
+        """Per (optimizer, group): each representative (``representatives``) with the ranks that used
+        bit for bit its LRs at every step."""
+        by_fp: dict[tuple[int, int], dict[int, list[int]]] = {}
+        for (r, o, g), fp in sorted(self.fingerprints.items()):
+            if r in ranks:
+                by_fp.setdefault((o, g), {}).setdefault(fp, []).append(r)
+        return {k: {min(rs): rs for rs in fps.values()} for k, fps in by_fp.items()}
+
     # -- the story
     def story(self, ranks: list[int], labels) -> dict[str, Any]:
         """``rank_groups`` (agreeing ranks together, largest first; the others with their first
         differing step) and ``stragglers`` (the five ranks with the slowest optimizer step)."""
         keys = sorted({(o, g) for _, o, g in self.groups})
-        sig = {}
-        for r in ranks:
-            sig[r] = tuple((o, g, *(lambda s: (s.steps, s.last_step) if s else (0, None))(self.groups.get((r, o, g))),
-                            self.fingerprints.get((r, o, g))) for o, g in keys) + tuple(
-                self.skipped.get((r, o), 0) for o in sorted({o for o, _ in keys}))
-        by_sig: dict[tuple, list[int]] = {}
-        for r in ranks:
-            by_sig.setdefault(sig[r], []).append(r)
-        ordered = sorted(by_sig.values(), key=lambda rs: (-len(rs), rs[0]))
+        ordered = self._ordered(ranks)
         ref = ordered[0][0]
-        others = [r for rs in ordered[1:] for r in rs]
+        others = self._detailed(ordered)
         first_diff = self._first_differences(ref, others[:MAX_DETAIL]) if others else {}
         groups = []
         for i, rs in enumerate(ordered):
@@ -127,6 +159,22 @@ class CrossRank:
                 entry["compared_with_rank"] = ref
             groups.append(entry)
         return {"rank_groups": groups, "stragglers": self.stragglers(ranks)}
+
+    def _ordered(self, ranks: list[int]) -> list[list[int]]:
+        """Ranks with equal step counts, schedule fingerprints and skipped steps together, largest group first."""
+        keys = sorted({(o, g) for _, o, g in self.groups})
+        by_sig: dict[tuple, list[int]] = {}
+        for r in ranks:
+            sig = tuple((o, g, *(lambda s: (s.steps, s.last_step) if s else (0, None))(self.groups.get((r, o, g))),
+                         self.fingerprints.get((r, o, g))) for o, g in keys) + tuple(
+                self.skipped.get((r, o), 0) for o in sorted({o for o, _ in keys}))
+            by_sig.setdefault(sig, []).append(r)
+        return sorted(by_sig.values(), key=lambda rs: (-len(rs), rs[0]))
+
+    @staticmethod
+    def _detailed(ordered: list[list[int]]) -> list[int]:
+        """The ranks outside the largest group that the story names with their first differing step."""
+        return [r for rs in ordered[1:] for r in rs][:MAX_DETAIL]
 
     def _first_differences(self, ref: int, ranks: list[int]) -> dict[int, int | None]:
         """Per rank, the first optimizer step at which its LR differs (bit for bit) from rank ``ref``'s."""
@@ -166,3 +214,14 @@ class CrossRank:
                 "median_rank": {"dur_ns_p50": p50s[len(p50s) // 2],
                                 "data_wait_ns_p50": waits[len(waits) // 2] if waits else None},
                 "ranks": len(per)}
+
+
+def _quantiles(bins: list[int], counts: list[int]) -> dict[str, float]:
+    """p50, p95 (the middle of their bin) and n of a log2 histogram (bins in increasing order)."""
+    bins, counts = np.array(bins), np.cumsum(counts)
+    q = {}
+    for name, p in (("p50", 0.5), ("p95", 0.95)):
+        k = int(np.searchsorted(counts, p * counts[-1]))
+        q[name] = float(2.0 ** ((bins[min(k, len(bins) - 1)] + 0.5) / SUB))
+    q["n"] = int(counts[-1])
+    return q

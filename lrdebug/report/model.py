@@ -27,7 +27,7 @@ from ..rules.finding import merge_stored
 from ..tracefile import Trace, TraceError, read_trace
 from ..tracefile.reader import find_parts, parse_ranks, short_error
 from .crossrank import CrossRank
-from .scan import SAMPLED, GroupStats, Scan, scan_trace
+from .scan import SAMPLED, GroupStats, Scan, Summaries, scan_trace
 
 FULL_SCAN_RANKS = 16
 REPORT_VERSION = "1.0"
@@ -62,7 +62,8 @@ def _findings(trace: Trace, rows: int, cross=None) -> tuple[list[dict[str, Any]]
             from ..rules.ranks import CODE, rank_findings
 
             try:
-                found = rank_findings(trace, con=cross.con, compare=cross.representatives(trace.ranks))
+                found = rank_findings(trace, con=cross.con, compare=cross.representatives(trace.ranks),
+                                      counts=cross.counts, classes=cross.classes(trace.ranks))
             except Exception as exc:  # noqa: BLE001
                 return stored, source + f"; ranks not compared ({short_error(exc)})"
             stored = [f for f in stored if f.get("code") != CODE] + [f.to_dict() for f in found]
@@ -123,23 +124,32 @@ class Report:
 
     def __init__(self, path: str | Path | None = None, ranks=None) -> None:
         self.path = Path(path) if path is not None else newest_trace()
-        trace = read_trace(self.path, columns=[], ranks=ranks)
+        try:
+            listed = {r for r, _, _ in find_parts(self.path, parse_ranks(ranks))}
+        except (OSError, ValueError):
+            listed = set()  # read_trace says what is wrong
+        # Up to FULL_SCAN_RANKS ranks every part is scanned too (each rank's curve for the overlays, its
+        # last event for the ending); beyond, the lowest rank's alone: memory stays flat in the ranks.
+        summaries = Summaries(few=len(listed) <= FULL_SCAN_RANKS, cross=len(listed) > 1)
+        trace = read_trace(self.path, columns=[], ranks=ranks, on_part=summaries)
         parts = find_parts(self.path, parse_ranks(ranks))
         self.cross = self.cross_note = None
-        if len(set(trace.ranks) | {r for r, _ in trace.parts}) > 1:
-            # Every rank's step counts, LR statistics, schedule fingerprint and step times in DuckDB;
-            # the detail (curves, timing, epochs) of the lowest rank from its parts alone.
+        all_ranks = set(trace.ranks) | {r for r, _ in trace.parts}
+        few = len(all_ranks) <= FULL_SCAN_RANKS
+        if len(all_ranks) > 1:
+            # Every rank's step counts, LR statistics, schedule fingerprint and step times from the parts'
+            # summaries, else in DuckDB; the detail (curves, timing, epochs) of the lowest rank from its parts alone.
             if not trace.uniform:
                 self.cross_note = "ranks compared by reading every part (some parts have other column types)"
             else:
                 try:
-                    self.cross = CrossRank(trace).run()
+                    cross = CrossRank(trace)
+                    merged = summaries.result()
+                    complete = summaries.cross and {r for r, _ in trace.parts} <= set(merged)
+                    self.cross = cross.from_summaries(merged) if complete else cross.run()
                 except Exception as exc:  # noqa: BLE001 - a damaged page: every part read and validated instead
                     self.cross_note = f"ranks compared by reading every part ({short_error(exc)})"
-        # Up to FULL_SCAN_RANKS ranks every part is scanned too (each rank's curve for the overlays, its
-        # last event for the ending); beyond, the lowest rank's alone: memory stays flat in the ranks.
-        few = len(set(trace.ranks) | {r for r, _ in trace.parts}) <= FULL_SCAN_RANKS
-        scan, t_max, read = scan_trace(trace, only_primary=self.cross is not None and not few)
+        scan, t_max, read = scan_trace(trace, only_primary=self.cross is not None and not few, summaries=summaries)
         if self.cross is not None:
             for key, st in self.cross.groups.items():
                 if key[0] != scan.primary:

@@ -26,7 +26,8 @@ _REL_TOL = 1e-12
 _EVENTS = f"event IN ('{OPTIMIZER_STEP}', '{OPTIMIZER_STEP_SKIPPED}')"
 
 
-def rank_findings(trace, con=None, compare: list[int] | None = None) -> list[Finding]:
+def rank_findings(trace, con=None, compare: list[int] | None = None, counts: list[tuple] | None = None,
+                  classes: dict | None = None) -> list[Finding]:
     """`rank-divergence` findings of a trace (a ``tracefile.Trace``); none when it has one rank.
 
     The comparison runs in DuckDB over a view ``events`` (``tracefile.sql``): ``con`` when given (a
@@ -35,6 +36,10 @@ def rank_findings(trace, con=None, compare: list[int] | None = None) -> list[Fin
     Python. ``compare``: the ranks whose LRs can differ (the caller knows that every other rank
     used bit for bit the LRs of one of them, from schedule fingerprints): the per-step comparison
     reads only their partitions, and the ranks on each side are still named from every rank.
+    ``counts``: per (optimizer, rank) the last step, the number of skipped steps and the first, when the
+    caller has them (from the parts' summaries); else they are counted here. ``classes``: per
+    (optimizer, group), each rank of ``compare`` with the ranks that used its LRs at every step: the
+    LRs at the first differing step are then read from those ranks alone.
     """
     from ..tracefile.sql import VIEW, connect, table_view
 
@@ -46,12 +51,15 @@ def rank_findings(trace, con=None, compare: list[int] | None = None) -> list[Fin
             table = read_trace(trace.path, columns=_WANTED, ranks=getattr(trace, "selected", None)).table
         con = connect()
         table_view(con, table, _WANTED)
-    present = {r for (r,) in con.execute(f"SELECT DISTINCT rank FROM {VIEW} WHERE rank IS NOT NULL").fetchall()}
+    if counts is not None:  # the caller read every part's footer
+        present = {r for r, _ in getattr(trace, "parts", [])}
+    else:
+        present = {r for (r,) in con.execute(f"SELECT DISTINCT rank FROM {VIEW} WHERE rank IS NOT NULL").fetchall()}
     ranks = sorted(set(trace.ranks) | present)
     if len(ranks) < 2:
         return []
     labels = _Labels(trace.meta, trace.status, ranks)
-    return _lr_findings(con, labels, compare) + _count_findings(con, ranks, labels)
+    return _lr_findings(con, labels, compare, classes) + _count_findings(con, ranks, labels, counts)
 
 
 class _Labels:
@@ -88,7 +96,7 @@ def _fmt(v: float) -> str:
     return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
 
 
-def _lr_findings(con, labels: _Labels, compare: list[int] | None = None) -> list[Finding]:
+def _lr_findings(con, labels: _Labels, compare: list[int] | None = None, classes: dict | None = None) -> list[Finding]:
     """At the same optimizer step, ranks used different LRs (one finding per optimizer and group)."""
     from ..tracefile.sql import VIEW
 
@@ -106,18 +114,23 @@ def _lr_findings(con, labels: _Labels, compare: list[int] | None = None) -> list
         GROUP BY o, g ORDER BY o, g""").fetchall()
     findings = []
     for opt, group, first, differ in bad:
+        members = (classes or {}).get((opt, group)) if compare is not None else None
         rows = con.execute(f"""
             SELECT rank, lr, file, line FROM {VIEW}
             WHERE event = '{OPTIMIZER_STEP}' AND optimizer = ? AND coalesce("group", -1) = ? AND step = ?
+              {only if members else ""}
             ORDER BY rank, seq""", [opt, group, first]).fetchall()
         by_value: dict[str, list[int]] = {}
-        for r, lr, _, _ in rows:
-            by_value.setdefault(_fmt(lr), []).append(int(r))
+        for r, lr, _, _ in rows:  # a representative speaks for the ranks that used its LRs
+            by_value.setdefault(_fmt(lr), []).extend((members or {}).get(int(r), [int(r)]))
+        by_value = {v: sorted(rs) for v, rs in by_value.items()}
         common = max(by_value, key=lambda v: (len(by_value[v]), -min(by_value[v])))
         odd_ranks = sorted(r for v, rs in by_value.items() if v != common for r in rs)
         values = "; ".join(f"rank{'s' if len(rs) > 1 else ''} {rank_list(rs)} used {v}"
                            for v, rs in sorted(by_value.items(), key=lambda kv: min(kv[1])))
-        site = next((row for row in rows if row[0] == odd_ranks[0]), (None, None, None, None)) if odd_ranks else rows[0]
+        rep = {m: r for r, ms in (members or {}).items() for m in ms}
+        odd = rep.get(odd_ranks[0], odd_ranks[0]) if odd_ranks else None
+        site = next((row for row in rows if row[0] == odd), (None, None, None, None)) if odd_ranks else rows[0]
         label = labels.group(int(opt), int(group)) if group >= 0 else labels.optimizer(int(opt))
         findings.append(Finding(
             code=CODE, severity=CODES[CODE],
@@ -131,12 +144,12 @@ def _lr_findings(con, labels: _Labels, compare: list[int] | None = None) -> list
     return findings
 
 
-def _count_findings(con, ranks: list[int], labels: _Labels) -> list[Finding]:
+def _count_findings(con, ranks: list[int], labels: _Labels, per_rank: list[tuple] | None = None) -> list[Finding]:
     """Ranks ended with different step or skipped-step counts (one finding per optimizer and kind)."""
     from ..tracefile.sql import VIEW
 
     # Two plain aggregates joined (a DISTINCT over every row of every rank would hold them all).
-    per_rank = con.execute(f"""
+    per_rank = per_rank if per_rank is not None else con.execute(f"""
         WITH done AS (SELECT optimizer, rank, max(step) AS last FROM {VIEW}
                       WHERE event = '{OPTIMIZER_STEP}' AND optimizer IS NOT NULL AND step IS NOT NULL GROUP BY ALL),
              skip AS (SELECT optimizer, rank, count(DISTINCT step) AS n, min(step) AS first FROM {VIEW}

@@ -27,6 +27,7 @@ from .schema import (
     read_status,
     write_json_atomic,
 )
+from .summary import SUMMARY_KEY, merge_summaries, summarize
 
 MERGE_PARTS = 64  # small parts (one per flush) are merged in groups of this many, so files stay few
 MERGE_MERGED = 16  # ... and merged files still smaller than a full part, in groups of this many
@@ -67,6 +68,15 @@ def table_from_columns(columns: dict[str, Any], n: int, metadata: dict[str, Any]
             arrays.append(pa.array(values, type=f.type))
     meta = {METADATA_KEY: json.dumps(metadata, default=str).encode()}
     return pa.Table.from_arrays(arrays, schema=SCHEMA.with_metadata(meta))
+
+
+def _add_summary(writer: pq.ParquetWriter, make: Callable[[], bytes]) -> None:
+    """Store the part's summary in its footer (``tracefile.summary``): a report of the closed trace reads
+    it instead of the rows. Without one (a failure here, an older trace) the rows are read."""
+    try:
+        writer.add_key_value_metadata({SUMMARY_KEY: make()})
+    except Exception:  # noqa: BLE001 - only a shortcut for readers
+        pass
 
 
 def _release_memory() -> None:
@@ -208,7 +218,10 @@ class PartWriter:
         table = table_from_columns(columns, n, self._metadata())
         name = f"part-{self.parts:06d}.parquet"
         tmp = rank_dir / f".{name}.tmp"
-        pq.write_table(table.drop_columns(["rank"]), tmp, **_WRITE_OPTIONS)
+        stored = table.drop_columns(["rank"])  # the partition directory says the rank
+        with pq.ParquetWriter(tmp, stored.schema, **_WRITE_OPTIONS) as writer:
+            writer.write_table(stored)
+            _add_summary(writer, lambda: summarize(table))
         os.replace(tmp, rank_dir / name)
         self.parts += 1
         self.rows += n
@@ -259,6 +272,7 @@ class PartWriter:
         tmp = small[0].parent / f".{name}.tmp"
         try:
             schema = pq.read_schema(small[-1])  # the last part's metadata has the fullest object registry
+            summaries = [(pq.read_metadata(part).metadata or {}).get(SUMMARY_KEY) for part in small]
             with pq.ParquetWriter(tmp, schema, **_WRITE_OPTIONS) as writer:
                 for part in small:
                     # Not pq.read_table: it imports pyarrow.dataset and reads on a thread pool, whose
@@ -268,6 +282,8 @@ class PartWriter:
                     writer.write_table(table.replace_schema_metadata(schema.metadata))
                     del table
                     _release_memory()
+                if all(summaries):
+                    _add_summary(writer, lambda: merge_summaries(summaries))
             os.replace(tmp, small[0].parent / name)
             _release_memory()
         except Exception:  # noqa: BLE001 - the small parts are still there and complete
