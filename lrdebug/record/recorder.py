@@ -579,7 +579,7 @@ class Recorder:
             if st is None or st.t0 == 0 or not self.enabled:
                 return
             t0, st.t0 = st.t0, 0
-            site = call_site(2, SITE_OPTIMIZER)  # above: this callback and patching's hook
+            site = call_site(1, SITE_OPTIMIZER)  # patching's hook, if one is between, is skipped as internal
             groups = opt.param_groups
             extra = None
             if st.cuda is not None:
@@ -699,7 +699,7 @@ class Recorder:
             if horizon is not None and sched.__dict__.get(horizon[0]) != horizon[1]:  # the user resized it
                 self._refresh_info(st, sched, {k: v for k, v in st.info.items()
                                                if k in _KEPT_INFO})
-            site = call_site(2, SITE_SCHEDULER)  # above: this callback and patching's step wrapper
+            site = call_site(1, SITE_SCHEDULER)  # patching's step wrapper (Python, or none when compiled) is skipped
             seq = next(self._seq)
             self.other.append((SCHEDULER_STEP, seq, t0, t1 - t0, opt_index, st.index, step, site, lrs, None, origin,
                                parent_index, value, None, None, None, None, None))
@@ -772,7 +772,7 @@ class Recorder:
                         return
                     st = self._opt_state(obj)
                 index = st.index
-            site = call_site(2, SITE_ZERO_GRAD)  # above: this callback and patching's zero_grad wrapper
+            site = call_site(1, SITE_ZERO_GRAD)  # patching's zero_grad wrapper is skipped as internal
             seq = next(self._seq)
             self.other.append((ZERO_GRAD, seq, t0, t1 - t0, index, None, None, site, None, None, origin, None,
                                1.0 if in_place else None, None, None, None, None, None))
