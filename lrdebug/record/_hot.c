@@ -746,6 +746,34 @@ append_other(PyObject *rec, PyObject *row)
     return rc;
 }
 
+/* A scheduler step's or zero_grad's row: its call site and number, appended to Recorder.other.
+ * Returns the site (>= -1) with *seq_out set (a new reference), or -2 with an exception set. */
+static Py_ssize_t
+record_other(PyObject *rec, int hint, PyObject *event, PyObject *t0, PyObject *t1, PyObject *opt, PyObject *sched,
+             PyObject *step, PyObject *lrs, PyObject *origin, PyObject *value, PyObject **seq_out)
+{
+    Py_ssize_t site = call_site(hint);
+    if (site == -2)
+        return -2;
+    PyObject *counter = PyObject_GetAttr(rec, s_seq);
+    PyObject *seq = counter ? PyIter_Next(counter) : NULL;
+    Py_XDECREF(counter);
+    if (seq == NULL)
+        return -2;
+    PyObject *dur = PyNumber_Subtract(t1, t0), *sid = PyLong_FromSsize_t(site);
+    PyObject *row = dur && sid ? other_row(event, seq, t0, dur, opt, sched, step, sid, lrs, origin, value) : NULL;
+    Py_XDECREF(dur);
+    Py_XDECREF(sid);
+    int rc = row ? append_other(rec, row) : -1;
+    Py_XDECREF(row);
+    if (rc < 0) {
+        Py_DECREF(seq);
+        return -2;
+    }
+    *seq_out = seq;
+    return site;
+}
+
 /* Recorder.scheduler_step(sched, t0, t1, parent, in_init, metric): a user's step of a known
  * scheduler of a known optimizer, with float LRs and no metric. */
 static int
@@ -758,8 +786,7 @@ scheduler_step(PyObject *rec, PyObject *const *a)
     Py_INCREF(st);
     int rc = DELEGATE;
     PyObject *opt = NULL, *ost = NULL, *groups = NULL, *lrs = NULL, *horizon = NULL, *opt_index = NULL,
-             *step = NULL, *sched_index = NULL, *counter = NULL, *seq = NULL, *dur = NULL, *sid = NULL,
-             *row = NULL, *checker = NULL, *steps = NULL;
+             *step = NULL, *sched_index = NULL, *seq = NULL, *checker = NULL, *steps = NULL;
     int on = attr_true(rec, s_enabled);
     if (on <= 0) {
         rc = on < 0 ? FAILED : DONE;
@@ -809,18 +836,9 @@ scheduler_step(PyObject *rec, PyObject *const *a)
     sched_index = PyObject_GetAttr(st, s_index);
     if (opt_index == NULL || step == NULL || sched_index == NULL || (steps = increment(st, s_steps)) == NULL)
         goto fail;
-    Py_ssize_t site = call_site(SITE_SCHEDULER);
+    Py_ssize_t site = record_other(rec, SITE_SCHEDULER, EV_SCHEDULER_STEP, t0, t1, opt_index, sched_index, step, lrs,
+                                   ORIGIN_USER, Py_None, &seq);
     if (site == -2)
-        goto fail;
-    counter = PyObject_GetAttr(rec, s_seq);
-    if (counter == NULL || (seq = PyIter_Next(counter)) == NULL)
-        goto fail;
-    dur = PyNumber_Subtract(t1, t0);
-    sid = PyLong_FromSsize_t(site);
-    if (dur == NULL || sid == NULL)
-        goto fail;
-    row = other_row(EV_SCHEDULER_STEP, seq, t0, dur, opt_index, sched_index, step, sid, lrs, ORIGIN_USER, Py_None);
-    if (row == NULL || append_other(rec, row) < 0)
         goto fail;
     rc = DONE;
     checker = PyObject_GetAttr(rec, s_checker);
@@ -841,11 +859,7 @@ fail:
 out:
     Py_XDECREF(steps);
     Py_XDECREF(checker);
-    Py_XDECREF(row);
-    Py_XDECREF(sid);
-    Py_XDECREF(dur);
     Py_XDECREF(seq);
-    Py_XDECREF(counter);
     Py_XDECREF(sched_index);
     Py_XDECREF(step);
     Py_XDECREF(opt_index);
@@ -867,8 +881,7 @@ zero_grad(PyObject *rec, PyObject *const *a, Py_ssize_t nargs)
     int on = attr_true(rec, s_enabled);
     if (on <= 0)
         return on < 0 ? recording_failed(rec, "zero_grad") : DONE;
-    PyObject *index = Py_None, *counter = NULL, *seq = NULL, *dur = NULL, *sid = NULL, *row = NULL,
-             *checker = NULL, *value = Py_None;
+    PyObject *index = Py_None, *seq = NULL, *checker = NULL, *value = Py_None;
     int rc = DONE;
     int placed = PyObject_IsTrue(in_place);
     if (placed < 0)
@@ -889,18 +902,8 @@ zero_grad(PyObject *rec, PyObject *const *a, Py_ssize_t nargs)
         if (index == NULL)
             goto fail;
     }
-    Py_ssize_t site = call_site(SITE_ZERO_GRAD);
-    if (site == -2)
-        goto fail;
-    counter = PyObject_GetAttr(rec, s_seq);
-    if (counter == NULL || (seq = PyIter_Next(counter)) == NULL)
-        goto fail;
-    dur = PyNumber_Subtract(t1, t0);
-    sid = PyLong_FromSsize_t(site);
-    if (dur == NULL || sid == NULL)
-        goto fail;
-    row = other_row(EV_ZERO_GRAD, seq, t0, dur, index, Py_None, Py_None, sid, Py_None, origin, value);
-    if (row == NULL || append_other(rec, row) < 0)
+    if (record_other(rec, SITE_ZERO_GRAD, EV_ZERO_GRAD, t0, t1, index, Py_None, Py_None, Py_None, origin, value,
+                     &seq) == -2)
         goto fail;
     checker = PyObject_GetAttr(rec, s_checker);
     if (checker == NULL)
@@ -916,11 +919,7 @@ fail:
     rc = recording_failed(rec, "zero_grad");
 out:
     Py_XDECREF(checker);
-    Py_XDECREF(row);
-    Py_XDECREF(sid);
-    Py_XDECREF(dur);
     Py_XDECREF(seq);
-    Py_XDECREF(counter);
     Py_XDECREF(index);
     Py_XDECREF(value);
     return rc;
