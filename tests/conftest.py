@@ -69,3 +69,10 @@ def run_python(*args: str, cwd: Path | str | None = None, env: dict | None = Non
         full_env.update(env)
     return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def make_big_trace(out: Path, *flags: str) -> Path:
+    """A synthetic trace written by scripts/make_big_trace.py (one job): ``out``."""
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_big_trace.py"), "--jobs", "1", *flags, str(out)],
+                   check=True, capture_output=True)
+    return out

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import make_big_trace as make
 
 import lrdebug
 from lrdebug.cli import main
@@ -22,12 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _ranks_reference as reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make(out: Path, *flags: str) -> Path:
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_big_trace.py"), "--jobs", "1", *flags, str(out)],
-                   check=True, capture_output=True)
-    return out
 
 
 @pytest.fixture(scope="module")

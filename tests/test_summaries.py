@@ -6,24 +6,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import make_big_trace as make
 
 from lrdebug.cli import main
 from lrdebug.report import crossrank, scan
 from lrdebug.tracefile.summary import SUMMARY_KEY, load_summary, summarize
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def make(out: Path, *flags: str) -> Path:
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_big_trace.py"), "--jobs", "1", *flags, str(out)],
-                   check=True, capture_output=True)
-    return out
 
 
 @pytest.fixture(scope="module")
