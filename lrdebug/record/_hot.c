@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <string.h>
 #include <time.h>
+#include <structmember.h>
 
 /* ------------------------------------------------------------------------------------ bound state */
 /* Set once by bind() from lrdebug.record.hotpath: the objects the Python implementation uses. */
@@ -39,16 +40,114 @@ enum { SITE_OPTIMIZER = 1, SITE_SCHEDULER = 2, SITE_ZERO_GRAD = 3 };
 static Py_ssize_t depth_hint[4];
 
 /* Interned attribute names. */
-static PyObject *s_target, *s_opts, *s_scheds, *s_ref, *s_enabled, *s_t0, *s_lrs, *s_scaled,
-    *s_sample_updates, *s_cuda_timing, *s_param_groups, *s_lr, *s_params, *s_grad, *s_grad_ref, *s_cuda,
-    *s_sampled, *s_last_t, *s_data_wait, *s_steps, *s_seq, *s_index, *s_buf, *s_other, *s_flush_len,
-    *s_buffer_filled, *s_checker, *s_feed, *s_report_finding, *s_checks_failed, *s_internal_error,
-    *s_frameworks, *s_scaler_depth, *s_optimizer, *s_ost, *s_horizon, *s_dict, *s_zero_grad, *s_optimizer_origin;
+static PyObject *s_param_groups, *s_lr, *s_params, *s_grad, *s_buffer_filled, *s_feed, *s_report_finding,
+    *s_checks_failed, *s_internal_error, *s_scaler_depth, *s_optimizer, *s_dict, *s_zero_grad, *s_optimizer_origin;
 
 /* What a compiled callback did. */
 enum { DONE = 0, DELEGATE = 1, FAILED = -1 };
 
 static int bound = 0;
+
+/* ------------------------------------------------------------------------------------ fields */
+/* The attributes the callbacks read and write on every event. The Recorder, its per-optimizer and
+ * per-scheduler states and the sink declare them in __slots__: bind() finds each slot's offset, and an
+ * object of that very class is read and written there directly (a few instructions, where
+ * PyObject_GetAttr costs ~200); any other object (a subclass, a stand-in) goes through
+ * PyObject_GetAttr/SetAttr as Python would. */
+enum { OWN_REC, OWN_OPT, OWN_SCHED, OWN_SINK, N_OWNERS };
+static const char *owner_keys[N_OWNERS] = {"Recorder", "OptState", "SchedState", "Sink"};
+
+typedef struct {
+    const char *text;
+    int owner;
+    PyObject *name;     /* interned */
+    PyTypeObject *type; /* the class whose slot it is, or NULL: always PyObject_GetAttr */
+    Py_ssize_t offset;
+} Field;
+
+enum {
+    F_REC_OPTS, F_REC_SCHEDS, F_REC_ENABLED, F_REC_SAMPLE_UPDATES, F_REC_CUDA_TIMING, F_REC_DATA_WAIT, F_REC_SEQ,
+    F_REC_BUF, F_REC_FLUSH_LEN, F_REC_CHECKER, F_REC_OTHER, F_REC_FRAMEWORKS,
+    F_OPT_REF, F_OPT_T0, F_OPT_LRS, F_OPT_SCALED, F_OPT_CUDA, F_OPT_SAMPLED, F_OPT_GRAD_REF, F_OPT_LAST_T,
+    F_OPT_STEPS, F_OPT_INDEX,
+    F_SCHED_REF, F_SCHED_OST, F_SCHED_HORIZON, F_SCHED_INDEX, F_SCHED_STEPS,
+    F_SINK_TARGET,
+    N_FIELDS
+};
+
+static Field fields[N_FIELDS] = {
+    [F_REC_OPTS] = {"_opts", OWN_REC}, [F_REC_SCHEDS] = {"_scheds", OWN_REC}, [F_REC_ENABLED] = {"enabled", OWN_REC},
+    [F_REC_SAMPLE_UPDATES] = {"sample_updates", OWN_REC}, [F_REC_CUDA_TIMING] = {"cuda_timing", OWN_REC},
+    [F_REC_DATA_WAIT] = {"_data_wait", OWN_REC}, [F_REC_SEQ] = {"_seq", OWN_REC}, [F_REC_BUF] = {"buf", OWN_REC},
+    [F_REC_FLUSH_LEN] = {"_flush_len", OWN_REC}, [F_REC_CHECKER] = {"checker", OWN_REC},
+    [F_REC_OTHER] = {"other", OWN_REC}, [F_REC_FRAMEWORKS] = {"_frameworks", OWN_REC},
+    [F_OPT_REF] = {"ref", OWN_OPT}, [F_OPT_T0] = {"t0", OWN_OPT}, [F_OPT_LRS] = {"lrs", OWN_OPT},
+    [F_OPT_SCALED] = {"scaled", OWN_OPT}, [F_OPT_CUDA] = {"cuda", OWN_OPT}, [F_OPT_SAMPLED] = {"sampled", OWN_OPT},
+    [F_OPT_GRAD_REF] = {"grad_ref", OWN_OPT}, [F_OPT_LAST_T] = {"last_t", OWN_OPT}, [F_OPT_STEPS] = {"steps", OWN_OPT},
+    [F_OPT_INDEX] = {"index", OWN_OPT},
+    [F_SCHED_REF] = {"ref", OWN_SCHED}, [F_SCHED_OST] = {"ost", OWN_SCHED}, [F_SCHED_HORIZON] = {"horizon", OWN_SCHED},
+    [F_SCHED_INDEX] = {"index", OWN_SCHED}, [F_SCHED_STEPS] = {"steps", OWN_SCHED},
+    [F_SINK_TARGET] = {"target", OWN_SINK},
+};
+
+#define SLOT_PTR(obj, f) ((PyObject **)((char *)(obj) + (f)->offset))
+
+/* obj.<field>: a new reference, NULL with an exception set. */
+static inline PyObject *
+field_get(PyObject *obj, int i)
+{
+    Field *f = &fields[i];
+    if (Py_TYPE(obj) == f->type) {
+        PyObject *v = *SLOT_PTR(obj, f);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(obj, f->name); /* also raises the AttributeError of an unset slot */
+}
+
+/* obj.<field> = v. */
+static inline int
+field_set(PyObject *obj, int i, PyObject *v)
+{
+    Field *f = &fields[i];
+    if (Py_TYPE(obj) == f->type) {
+        PyObject **p = SLOT_PTR(obj, f);
+        PyObject *old = *p;
+        *p = Py_NewRef(v);
+        Py_XDECREF(old);
+        return 0;
+    }
+    return PyObject_SetAttr(obj, f->name, v);
+}
+
+/* Each field's slot in its owner class (bind()); a field the class does not keep in a slot stays slow. */
+static int
+bind_fields(PyObject *ns)
+{
+    for (int i = 0; i < N_FIELDS; i++) {
+        Field *f = &fields[i];
+        f->type = NULL;
+        if (f->name == NULL && (f->name = PyUnicode_InternFromString(f->text)) == NULL)
+            return -1;
+        PyObject *cls = PyDict_GetItemString(ns, owner_keys[f->owner]);
+        if (cls == NULL || !PyType_Check(cls))
+            continue;
+        PyObject *d = PyDict_GetItemWithError(((PyTypeObject *)cls)->tp_dict, f->name);
+        if (d == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            continue;
+        }
+        if (Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+            PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+            if (m->type == T_OBJECT_EX && !(m->flags & READONLY)) {
+                f->type = (PyTypeObject *)cls;
+                f->offset = m->offset;
+            }
+        }
+    }
+    return 0;
+}
 
 /* ------------------------------------------------------------------------------------ small helpers */
 /* The exception being raised, taken (a new reference; the error indicator is cleared). */
@@ -103,11 +202,12 @@ weak_target(PyObject *ref, PyObject **out)
     return 0;
 }
 
-/* state = registry.get(id(obj)) with state.ref() is obj: a borrowed pointer, NULL when absent (no error). */
+/* state = registry.get(id(obj)) with state.ref() is obj: a borrowed pointer, NULL when absent (no error).
+ * ``registry``: F_REC_OPTS or F_REC_SCHEDS; ``ref``: the states' F_OPT_REF or F_SCHED_REF (0: not checked). */
 static PyObject *
-lookup_state(PyObject *rec, PyObject *registry_name, PyObject *obj, int check_ref)
+lookup_state(PyObject *rec, int registry_field, PyObject *obj, int ref_field)
 {
-    PyObject *registry = PyObject_GetAttr(rec, registry_name);
+    PyObject *registry = field_get(rec, registry_field);
     if (registry == NULL)
         return NULL;
     PyObject *key = PyLong_FromVoidPtr(obj);
@@ -118,9 +218,9 @@ lookup_state(PyObject *rec, PyObject *registry_name, PyObject *obj, int check_re
     PyObject *st = PyDict_GetItemWithError(registry, key);
     Py_DECREF(key);
     Py_DECREF(registry); /* the recorder keeps the registry, and the registry the state */
-    if (st == NULL || !check_ref)
+    if (st == NULL || !ref_field)
         return st;
-    PyObject *ref = PyObject_GetAttr(st, s_ref);
+    PyObject *ref = field_get(st, ref_field);
     if (ref == NULL)
         return NULL;
     PyObject *target;
@@ -132,9 +232,9 @@ lookup_state(PyObject *rec, PyObject *registry_name, PyObject *obj, int check_re
 }
 
 static int
-attr_true(PyObject *obj, PyObject *name)
+attr_true(PyObject *obj, int field)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = field_get(obj, field);
     if (v == NULL)
         return -1;
     int truth = PyObject_IsTrue(v);
@@ -143,9 +243,9 @@ attr_true(PyObject *obj, PyObject *name)
 }
 
 static int
-attr_is_none(PyObject *obj, PyObject *name)
+attr_is_none(PyObject *obj, int field)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = field_get(obj, field);
     if (v == NULL)
         return -1;
     int none = v == Py_None;
@@ -155,16 +255,16 @@ attr_is_none(PyObject *obj, PyObject *name)
 
 /* st.<name> += 1; the new value (new reference). */
 static PyObject *
-increment(PyObject *st, PyObject *name)
+increment(PyObject *st, int field)
 {
-    PyObject *v = PyObject_GetAttr(st, name);
+    PyObject *v = field_get(st, field);
     if (v == NULL)
         return NULL;
     PyObject *one = PyLong_FromLong(1);
     PyObject *n = PyNumber_Add(v, one);
     Py_DECREF(one);
     Py_DECREF(v);
-    if (n == NULL || PyObject_SetAttr(st, name, n) < 0) {
+    if (n == NULL || field_set(st, field, n) < 0) {
         Py_XDECREF(n);
         return NULL;
     }
@@ -265,7 +365,7 @@ grad_states(PyObject *groups, PyObject *st)
             state = GRAD_FRESH;
             if (first) {
                 first = 0;
-                PyObject *ref = PyObject_GetAttr(st, s_grad_ref);
+                PyObject *ref = field_get(st, F_OPT_GRAD_REF);
                 PyObject *prev = NULL;
                 if (ref == NULL || (ref != Py_None && weak_target(ref, &prev) < 0)) {
                     Py_XDECREF(ref);
@@ -277,7 +377,7 @@ grad_states(PyObject *groups, PyObject *st)
                 if (prev == grad)
                     state = GRAD_SAME;
                 PyObject *newref = PyWeakref_NewRef(grad, NULL);
-                if (newref == NULL || PyObject_SetAttr(st, s_grad_ref, newref) < 0) {
+                if (newref == NULL || field_set(st, F_OPT_GRAD_REF, newref) < 0) {
                     Py_XDECREF(newref);
                     Py_DECREF(grad);
                     Py_DECREF(it);
@@ -467,7 +567,7 @@ check_step(PyObject *rec, PyObject *checker, PyObject *event, PyObject *seq, PyO
         file = PyTuple_GET_ITEM(entry, 0);
         line = PyTuple_GET_ITEM(entry, 1);
         if (framework != Py_None) { /* a framework made this call from the user's line: findings name it */
-            PyObject *frameworks = PyObject_GetAttr(rec, s_frameworks);
+            PyObject *frameworks = field_get(rec, F_REC_FRAMEWORKS);
             PyObject *key = frameworks ? PyTuple_Pack(3, file, line, event) : NULL;
             int rc = key ? PyObject_SetItem(frameworks, key, framework) : -1;
             Py_XDECREF(key);
@@ -541,13 +641,13 @@ static int
 optimizer_pre(PyObject *rec, PyObject *const *a)
 {
     PyObject *opt = a[0], *args = a[1], *kwargs = a[2];
-    PyObject *st = lookup_state(rec, s_opts, opt, 1);
+    PyObject *st = lookup_state(rec, F_REC_OPTS, opt, F_OPT_REF);
     if (st == NULL)
         return PyErr_Occurred() ? recording_failed(rec, "optimizer_pre") : DELEGATE;
     Py_INCREF(st);
     int rc = DELEGATE;
     PyObject *groups = NULL, *lrs = NULL, *t0 = NULL, *depth = NULL;
-    int on = attr_true(rec, s_enabled);
+    int on = attr_true(rec, F_REC_ENABLED);
     if (on <= 0) {
         rc = on < 0 ? FAILED : DONE;
         goto out;
@@ -558,7 +658,7 @@ optimizer_pre(PyObject *rec, PyObject *const *a)
     depth = PyDict_GetItemWithError(patching_globals, s_scaler_depth);
     if (depth == NULL || PyObject_IsTrue(depth))
         goto out_err;
-    int sampling = attr_true(rec, s_sample_updates), timing = attr_true(rec, s_cuda_timing);
+    int sampling = attr_true(rec, F_REC_SAMPLE_UPDATES), timing = attr_true(rec, F_REC_CUDA_TIMING);
     if (sampling || timing)
         goto out_err;
     groups = PyObject_GetAttr(opt, s_param_groups);
@@ -567,14 +667,14 @@ optimizer_pre(PyObject *rec, PyObject *const *a)
     lrs = read_lrs(groups);
     if (lrs == NULL)
         goto out_err;
-    PyObject *prev = PyObject_GetAttr(st, s_lrs);
+    PyObject *prev = field_get(st, F_OPT_LRS);
     if (prev == NULL)
         goto out_err;
     lrs = same_or(prev, lrs);
     Py_DECREF(prev);
     t0 = now_ns();
-    if (t0 == NULL || PyObject_SetAttr(st, s_scaled, Py_False) < 0 || PyObject_SetAttr(st, s_lrs, lrs) < 0 ||
-        PyObject_SetAttr(st, s_t0, t0) < 0)
+    if (t0 == NULL || field_set(st, F_OPT_SCALED, Py_False) < 0 || field_set(st, F_OPT_LRS, lrs) < 0 ||
+        field_set(st, F_OPT_T0, t0) < 0)
         goto out_err;
     rc = DONE;
     goto out;
@@ -596,7 +696,7 @@ optimizer_post(PyObject *rec, PyObject *const *a)
     PyObject *t1 = now_ns();
     if (t1 == NULL)
         return FAILED;
-    PyObject *st = lookup_state(rec, s_opts, opt, 0);
+    PyObject *st = lookup_state(rec, F_REC_OPTS, opt, 0);
     if (st == NULL) {
         Py_DECREF(t1);
         return PyErr_Occurred() ? recording_failed(rec, "optimizer_post") : DONE;
@@ -607,16 +707,16 @@ optimizer_post(PyObject *rec, PyObject *const *a)
              *step = NULL, *seq = NULL, *lrs = NULL, *index = NULL, *dur = NULL, *row = NULL, *buf = NULL,
              *sid = NULL, *checker = NULL, *counter = NULL;
     Py_ssize_t site = -1;
-    t0 = PyObject_GetAttr(st, s_t0);
+    t0 = field_get(st, F_OPT_T0);
     if (t0 == NULL)
         goto fail;
-    int started = PyObject_IsTrue(t0), on = attr_true(rec, s_enabled);
+    int started = PyObject_IsTrue(t0), on = attr_true(rec, F_REC_ENABLED);
     if (started < 0 || on < 0)
         goto fail;
     if (!started || !on)
         goto out;
     /* CUDA timing, sampled updates, a fused step under GradScaler: the Python implementation */
-    int no_cuda = attr_is_none(st, s_cuda), no_sample = attr_is_none(st, s_sampled), scaled = attr_true(st, s_scaled);
+    int no_cuda = attr_is_none(st, F_OPT_CUDA), no_sample = attr_is_none(st, F_OPT_SAMPLED), scaled = attr_true(st, F_OPT_SCALED);
     if (no_cuda < 0 || no_sample < 0 || scaled < 0)
         goto fail;
     if (!no_cuda || !no_sample || scaled) {
@@ -624,7 +724,7 @@ optimizer_post(PyObject *rec, PyObject *const *a)
         goto out;
     }
     PyObject *zero = PyLong_FromLong(0);
-    int set = PyObject_SetAttr(st, s_t0, zero);
+    int set = field_set(st, F_OPT_T0, zero);
     Py_DECREF(zero);
     if (set < 0)
         goto fail;
@@ -634,7 +734,7 @@ optimizer_post(PyObject *rec, PyObject *const *a)
     groups = PyObject_GetAttr(opt, s_param_groups);
     if (groups == NULL || (grads = grad_states(groups, st)) == NULL)
         goto fail;
-    last_t = PyObject_GetAttr(st, s_last_t);
+    last_t = field_get(st, F_OPT_LAST_T);
     if (last_t == NULL)
         goto fail;
     int had = PyObject_IsTrue(last_t);
@@ -646,9 +746,9 @@ optimizer_post(PyObject *rec, PyObject *const *a)
     } else {
         iter_ns = Py_NewRef(Py_None);
     }
-    if (PyObject_SetAttr(st, s_last_t, t1) < 0)
+    if (field_set(st, F_OPT_LAST_T, t1) < 0)
         goto fail;
-    wait = PyObject_GetAttr(rec, s_data_wait);
+    wait = field_get(rec, F_REC_DATA_WAIT);
     if (wait == NULL)
         goto fail;
     int waited = PyObject_IsTrue(wait);
@@ -656,33 +756,33 @@ optimizer_post(PyObject *rec, PyObject *const *a)
         goto fail;
     if (waited) {
         zero = PyLong_FromLong(0);
-        set = PyObject_SetAttr(rec, s_data_wait, zero);
+        set = field_set(rec, F_REC_DATA_WAIT, zero);
         Py_DECREF(zero);
         if (set < 0)
             goto fail;
     } else {
         Py_SETREF(wait, Py_NewRef(Py_None));
     }
-    if ((step = increment(st, s_steps)) == NULL)
+    if ((step = increment(st, F_OPT_STEPS)) == NULL)
         goto fail;
-    counter = PyObject_GetAttr(rec, s_seq);
+    counter = field_get(rec, F_REC_SEQ);
     if (counter == NULL || (seq = PyIter_Next(counter)) == NULL)
         goto fail;
-    lrs = PyObject_GetAttr(st, s_lrs);
-    index = PyObject_GetAttr(st, s_index);
+    lrs = field_get(st, F_OPT_LRS);
+    index = field_get(st, F_OPT_INDEX);
     dur = PyNumber_Subtract(t1, t0);
     sid = PyLong_FromSsize_t(site);
     if (lrs == NULL || index == NULL || dur == NULL || sid == NULL)
         goto fail;
     row = PyTuple_Pack(12, EV_OPTIMIZER_STEP, seq, t0, dur, index, step, sid, lrs, grads, iter_ns, wait, Py_None);
-    buf = PyObject_GetAttr(rec, s_buf);
+    buf = field_get(rec, F_REC_BUF);
     if (row == NULL || buf == NULL || !PyList_Check(buf))
         goto fail;
     /* One list operation: the writer thread only ever sees whole rows (Recorder._drain). */
     Py_ssize_t n = PyList_GET_SIZE(buf);
     if (PyList_SetSlice(buf, n, n, row) < 0)
         goto fail;
-    PyObject *flush_len = PyObject_GetAttr(rec, s_flush_len);
+    PyObject *flush_len = field_get(rec, F_REC_FLUSH_LEN);
     if (flush_len == NULL)
         goto fail;
     Py_ssize_t limit = PyLong_AsSsize_t(flush_len);
@@ -695,7 +795,7 @@ optimizer_post(PyObject *rec, PyObject *const *a)
             goto fail;
         Py_DECREF(r);
     }
-    checker = PyObject_GetAttr(rec, s_checker);
+    checker = field_get(rec, F_REC_CHECKER);
     if (checker == NULL)
         goto fail;
     if (checker != Py_None)
@@ -738,7 +838,7 @@ other_row(PyObject *event, PyObject *seq, PyObject *t0, PyObject *dur, PyObject 
 static int
 append_other(PyObject *rec, PyObject *row)
 {
-    PyObject *other = PyObject_GetAttr(rec, s_other);
+    PyObject *other = field_get(rec, F_REC_OTHER);
     if (other == NULL)
         return -1;
     int rc = PyList_Append(other, row);
@@ -755,7 +855,7 @@ record_other(PyObject *rec, int hint, PyObject *event, PyObject *t0, PyObject *t
     Py_ssize_t site = call_site(hint);
     if (site == -2)
         return -2;
-    PyObject *counter = PyObject_GetAttr(rec, s_seq);
+    PyObject *counter = field_get(rec, F_REC_SEQ);
     PyObject *seq = counter ? PyIter_Next(counter) : NULL;
     Py_XDECREF(counter);
     if (seq == NULL)
@@ -780,14 +880,14 @@ static int
 scheduler_step(PyObject *rec, PyObject *const *a)
 {
     PyObject *sched = a[0], *t0 = a[1], *t1 = a[2], *parent = a[3], *in_init = a[4], *metric = a[5];
-    PyObject *st = lookup_state(rec, s_scheds, sched, 1);
+    PyObject *st = lookup_state(rec, F_REC_SCHEDS, sched, F_SCHED_REF);
     if (st == NULL)
         return PyErr_Occurred() ? recording_failed(rec, "scheduler_step") : DELEGATE;
     Py_INCREF(st);
     int rc = DELEGATE;
     PyObject *opt = NULL, *ost = NULL, *groups = NULL, *lrs = NULL, *horizon = NULL, *opt_index = NULL,
              *step = NULL, *sched_index = NULL, *seq = NULL, *checker = NULL, *steps = NULL;
-    int on = attr_true(rec, s_enabled);
+    int on = attr_true(rec, F_REC_ENABLED);
     if (on <= 0) {
         rc = on < 0 ? FAILED : DONE;
         goto out;
@@ -799,12 +899,12 @@ scheduler_step(PyObject *rec, PyObject *const *a)
         PyErr_Clear(); /* a duck-typed scheduler: the Python implementation */
         goto out;
     }
-    ost = PyObject_GetAttr(st, s_ost);
+    ost = field_get(st, F_SCHED_OST);
     if (ost == NULL)
         goto fail;
     if (ost == Py_None)
         goto out;
-    PyObject *ref = PyObject_GetAttr(ost, s_ref), *target = NULL;
+    PyObject *ref = field_get(ost, F_OPT_REF), *target = NULL;
     int wrc = ref ? weak_target(ref, &target) : -1;
     Py_XDECREF(ref);
     if (wrc < 0)
@@ -816,7 +916,7 @@ scheduler_step(PyObject *rec, PyObject *const *a)
         goto fail;
     if ((lrs = untracked(read_lrs(groups))) == NULL)
         goto maybe_fail;
-    horizon = PyObject_GetAttr(st, s_horizon);
+    horizon = field_get(st, F_SCHED_HORIZON);
     if (horizon == NULL)
         goto fail;
     if (horizon != Py_None) { /* the user may have resized the schedule: the Python implementation reads it */
@@ -831,17 +931,17 @@ scheduler_step(PyObject *rec, PyObject *const *a)
         if (!same)
             goto out;
     }
-    opt_index = PyObject_GetAttr(ost, s_index);
-    step = PyObject_GetAttr(ost, s_steps);
-    sched_index = PyObject_GetAttr(st, s_index);
-    if (opt_index == NULL || step == NULL || sched_index == NULL || (steps = increment(st, s_steps)) == NULL)
+    opt_index = field_get(ost, F_OPT_INDEX);
+    step = field_get(ost, F_OPT_STEPS);
+    sched_index = field_get(st, F_SCHED_INDEX);
+    if (opt_index == NULL || step == NULL || sched_index == NULL || (steps = increment(st, F_SCHED_STEPS)) == NULL)
         goto fail;
     Py_ssize_t site = record_other(rec, SITE_SCHEDULER, EV_SCHEDULER_STEP, t0, t1, opt_index, sched_index, step, lrs,
                                    ORIGIN_USER, Py_None, &seq);
     if (site == -2)
         goto fail;
     rc = DONE;
-    checker = PyObject_GetAttr(rec, s_checker);
+    checker = field_get(rec, F_REC_CHECKER);
     if (checker == NULL)
         goto fail;
     if (checker != Py_None) {
@@ -878,7 +978,7 @@ zero_grad(PyObject *rec, PyObject *const *a, Py_ssize_t nargs)
 {
     PyObject *obj = a[0], *origin = a[1], *t0 = a[2], *t1 = a[3];
     PyObject *in_place = nargs > 4 ? a[4] : Py_False;
-    int on = attr_true(rec, s_enabled);
+    int on = attr_true(rec, F_REC_ENABLED);
     if (on <= 0)
         return on < 0 ? recording_failed(rec, "zero_grad") : DONE;
     PyObject *index = Py_None, *seq = NULL, *checker = NULL, *value = Py_None;
@@ -893,19 +993,19 @@ zero_grad(PyObject *rec, PyObject *const *a, Py_ssize_t nargs)
     Py_INCREF(index);
     int optimizer = PyUnicode_Check(origin) && PyUnicode_Compare(origin, s_optimizer_origin) == 0;
     if (optimizer) {
-        PyObject *st = lookup_state(rec, s_opts, obj, 1);
+        PyObject *st = lookup_state(rec, F_REC_OPTS, obj, F_OPT_REF);
         if (st == NULL) {
             rc = PyErr_Occurred() ? recording_failed(rec, "zero_grad") : DELEGATE;
             goto out;
         }
-        Py_SETREF(index, PyObject_GetAttr(st, s_index));
+        Py_SETREF(index, field_get(st, F_OPT_INDEX));
         if (index == NULL)
             goto fail;
     }
     if (record_other(rec, SITE_ZERO_GRAD, EV_ZERO_GRAD, t0, t1, index, Py_None, Py_None, Py_None, origin, value,
                      &seq) == -2)
         goto fail;
-    checker = PyObject_GetAttr(rec, s_checker);
+    checker = field_get(rec, F_REC_CHECKER);
     if (checker == NULL)
         goto fail;
     if (checker != Py_None) { /* the only rule state a zero_grad changes; it finds nothing by itself */
@@ -957,7 +1057,7 @@ Hook_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *
 {
     Hook *h = (Hook *)self;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *target = PyObject_GetAttr(h->sink, s_target);
+    PyObject *target = field_get(h->sink, F_SINK_TARGET);
     if (target == NULL)
         return NULL;
     int rc = DELEGATE;
@@ -1178,7 +1278,7 @@ Method_get_lr(Method *m, PyObject *const *args, size_t nargsf, PyObject *kwnames
         if (init < 0)
             return NULL;
         if (!init) {
-            PyObject *target = PyObject_GetAttr(m->record, s_target);
+            PyObject *target = field_get(m->record, F_SINK_TARGET);
             PyObject *r = target ? PyObject_CallMethodOneArg(target, s_get_lr_call, sched) : NULL;
             Py_XDECREF(target);
             if (r == NULL)
@@ -1329,6 +1429,8 @@ bind(PyObject *module, PyObject *ns)
     KIND_INTERNAL = PyLong_AsLong(internal);
     if (PyErr_Occurred())
         return NULL;
+    if (bind_fields(ns) < 0)
+        return NULL;
     for (int i = 0; i < 4; i++) {
         depth_hint[i] = 0;
         last_site[i].code = NULL;
@@ -1337,8 +1439,25 @@ bind(PyObject *module, PyObject *ns)
     Py_RETURN_NONE;
 }
 
+/* The fields read through PyObject_GetAttr because their class keeps them in no slot (a test keeps it empty). */
+static PyObject *
+slow_fields(PyObject *module, PyObject *unused)
+{
+    PyObject *out = PyList_New(0);
+    for (int i = 0; out != NULL && i < N_FIELDS; i++) {
+        if (fields[i].type != NULL)
+            continue;
+        PyObject *name = PyUnicode_FromFormat("%s.%s", owner_keys[fields[i].owner], fields[i].text);
+        if (name == NULL || PyList_Append(out, name) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(name);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"bind", bind, METH_O, "bind(namespace): the Python objects the compiled callbacks share with recorder.py"},
+    {"slow_fields", slow_fields, METH_NOARGS, "slow_fields(): per-event attributes not read at a slot's offset"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1356,42 +1475,17 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__hot(void)
 {
-    INTERN(s_target, "target");
-    INTERN(s_opts, "_opts");
-    INTERN(s_scheds, "_scheds");
-    INTERN(s_ref, "ref");
-    INTERN(s_enabled, "enabled");
-    INTERN(s_t0, "t0");
-    INTERN(s_lrs, "lrs");
-    INTERN(s_scaled, "scaled");
-    INTERN(s_sample_updates, "sample_updates");
-    INTERN(s_cuda_timing, "cuda_timing");
     INTERN(s_param_groups, "param_groups");
     INTERN(s_lr, "lr");
     INTERN(s_params, "params");
     INTERN(s_grad, "grad");
-    INTERN(s_grad_ref, "grad_ref");
-    INTERN(s_cuda, "cuda");
-    INTERN(s_sampled, "sampled");
-    INTERN(s_last_t, "last_t");
-    INTERN(s_data_wait, "_data_wait");
-    INTERN(s_steps, "steps");
-    INTERN(s_seq, "_seq");
-    INTERN(s_index, "index");
-    INTERN(s_buf, "buf");
-    INTERN(s_other, "other");
-    INTERN(s_flush_len, "_flush_len");
     INTERN(s_buffer_filled, "_buffer_filled");
-    INTERN(s_checker, "checker");
     INTERN(s_feed, "feed");
     INTERN(s_report_finding, "_report_finding");
     INTERN(s_checks_failed, "_checks_failed");
     INTERN(s_internal_error, "_internal_error");
-    INTERN(s_frameworks, "_frameworks");
     INTERN(s_scaler_depth, "scaler_depth");
     INTERN(s_optimizer, "optimizer");
-    INTERN(s_ost, "ost");
-    INTERN(s_horizon, "horizon");
     INTERN(s_dict, "__dict__");
     INTERN(s_zero_grad, "zero_grad");
     INTERN(s_optimizer_origin, "optimizer");

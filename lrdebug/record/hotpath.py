@@ -33,9 +33,10 @@ _HOT, DESCRIPTION = _load()
 IMPLEMENTATION = "compiled" if _HOT is not None else "python"
 
 
-def bind(recorder_class: type, patching: Any) -> None:
+def bind(recorder_class: type, opt_state: type, sched_state: type, sink_class: type, patching: Any) -> None:
     """Hand the extension the objects it shares with the Python implementation (recorder.py calls this
-    once, so this module imports neither the recorder nor patching)."""
+    once, so this module imports neither the recorder nor patching). The classes' ``__slots__`` are
+    where the extension reads and writes the per-event state."""
     if _HOT is None:
         return
     from ..tracefile.schema import (
@@ -51,7 +52,8 @@ def bind(recorder_class: type, patching: Any) -> None:
     from . import callsites
 
     _HOT.bind({
-        "Recorder": recorder_class, "Event": Event, "code_kind": callsites._code_kind,
+        "Recorder": recorder_class, "OptState": opt_state, "SchedState": sched_state, "Sink": sink_class,
+        "Event": Event, "code_kind": callsites._code_kind,
         "site_ids": callsites._site_ids, "SITES": callsites.SITES, "FRAMEWORK_SITES": callsites.FRAMEWORK_SITES,
         "walk_call_site": callsites._walk_call_site, "patching_globals": vars(patching),
         "getframe": sys._getframe, "perf_counter_ns": time.perf_counter_ns, "KIND_USER": callsites._USER,

@@ -144,6 +144,10 @@ _KEPT_INFO = ("children", "group_lrs_before", "replay")  # what a re-read of a s
 class Recorder:
     """Records one trace. Created by ``trace()``; callbacks arrive from ``patching`` via ``_SINK.target``."""
 
+    # What every event reads or writes: slots, which the compiled hot path reads at their offsets.
+    __slots__ = ("enabled", "buf", "other", "_seq", "_opts", "_scheds", "_data_wait", "_flush_len", "checker",
+                 "sample_updates", "cuda_timing", "_frameworks", "__dict__", "__weakref__")
+
     writer_class = PartWriter  # a subclass may write lazily or elsewhere (record.child)
 
     def __init__(
@@ -878,7 +882,7 @@ class Recorder:
 
 
 
-hotpath.bind(Recorder, patching)
+hotpath.bind(Recorder, _Opt, _Sched, type(_SINK), patching)
 
 _VERSIONS: dict[str, str | None] = {}
 

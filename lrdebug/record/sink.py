@@ -41,6 +41,8 @@ class _Sink:
     ``_SINK.target``: the one active recorder itself (no dispatch layer on the hot path), a ``_Fan``
     over several, or ``_Idle``."""
 
+    __slots__ = ("active", "target", "installation", "lock")  # the hot path reads ``target`` at its offset
+
     def __init__(self) -> None:
         self.active: tuple[Recorder, ...] = ()
         self.target: Any = _Idle()
