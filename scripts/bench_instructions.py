@@ -7,6 +7,12 @@ uninstrumented, then ``callgrind_control`` switches instrumentation on and only 
 iterations (inside one ``functools.reduce`` call) are counted, on the main thread only (the writer
 thread's Parquet encoding is off the training thread and is measured by bench.py's write rate).
 
+The garbage collector is paused while the iterations are counted, in every variant. Under callgrind a
+program runs ~50x slower, so the writer thread (which wakes every ``flush_seconds`` of wall time) runs
+~50x more often per iteration than in a real run, and a collection its allocations make due can fall
+on the training thread: counted, that made the same variant differ by ~5k instructions per iteration
+from run to run. The hot path itself allocates no object that outlives its call.
+
     python scripts/bench_instructions.py            # loops a, b, c; a few minutes
     python scripts/bench_instructions.py --loops a  # one loop
     python scripts/bench_instructions.py --events   # added per optimizer step, scheduler step, zero_grad
@@ -42,12 +48,14 @@ with ctx:
         call()
     print("ready", flush=True)
     sys.stdin.readline()
+    gc.disable()  # see the module's docstring
     functools.reduce(lambda a, b: call(), range({iters}), None)
+    gc.enable()
 """
 
 # One loop of bench.py per child.
 CHILD = r"""
-import functools, sys, tempfile
+import functools, gc, sys, tempfile
 sys.path.insert(0, {scripts!r})
 import torch, lrdebug
 from lrdebug.rules import CODES
@@ -58,7 +66,7 @@ call = bench.LOOPS[{loop!r}][1]()
 
 # One event at a time: a scalar parameter with a gradient, so the call itself is as cheap as torch makes it.
 EVENT = r"""
-import functools, sys, tempfile
+import functools, gc, sys, tempfile
 import torch, lrdebug
 from lrdebug.rules import CODES
 params = [torch.nn.Parameter(torch.zeros(1)) for _ in range({groups})]

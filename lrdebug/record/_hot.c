@@ -1146,11 +1146,12 @@ static PyTypeObject HookType = {
 };
 
 /* ------------------------------------------------------------------------------------ Method */
-/* A scheduler class's patched step() or get_lr(), in C: patching's Python wrapper stays the reference,
- * called for every unusual call (the first step, whose PyTorch warnings it re-issues at the user's
- * line; a subclass's step() calling super().step()), and answers for the wrapper's attributes
- * (__wrapped__, __name__, __doc__). Binds to instances like a function. */
-enum { METHOD_STEP = 0, METHOD_GET_LR = 1 };
+/* A scheduler class's patched step() or get_lr(), or an optimizer's or module's zero_grad(), in C:
+ * patching's Python wrapper stays the reference, called for every unusual call (the first step, whose
+ * PyTorch warnings it re-issues at the user's line; a subclass's step() calling super().step();
+ * zero_grad with arguments), and answers for the wrapper's attributes (__wrapped__, __name__,
+ * __doc__). Binds to instances like a function. */
+enum { METHOD_STEP = 0, METHOD_GET_LR = 1, METHOD_ZERO_GRAD = 2 };
 
 typedef struct {
     PyObject_HEAD
@@ -1158,6 +1159,7 @@ typedef struct {
     PyObject *python;  /* patching's wrapper */
     PyObject *record;  /* step: the scheduler_step Hook; get_lr: the sink */
     PyObject *local;   /* patching._local (per-thread stacks) */
+    PyObject *origin;  /* zero_grad: whose method it is ("optimizer" or "module") */
     int kind;
     vectorcallfunc vectorcall;
 } Method;
@@ -1289,14 +1291,43 @@ Method_get_lr(Method *m, PyObject *const *args, size_t nargsf, PyObject *kwnames
     return PyObject_Vectorcall(m->fn, args, nargsf, kwnames);
 }
 
+/* patching's zero_grad wrapper: the call timed and recorded (an exception propagates unrecorded). */
+static PyObject *
+Method_zero_grad(Method *m, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL || !bound) /* set_to_none given: Python reads it */
+        return PyObject_Vectorcall(m->python, args, nargsf, kwnames);
+    PyObject *t0 = now_ns();
+    if (t0 == NULL)
+        return NULL;
+    PyObject *out = PyObject_Vectorcall(m->fn, args, 1, NULL);
+    PyObject *t1 = out ? now_ns() : NULL;
+    PyObject *recorded = NULL;
+    if (t1 != NULL) {
+        PyObject *call[5] = {args[0], m->origin, t0, t1, Py_False};
+        recorded = PyObject_Vectorcall(m->record, call, 5, NULL);
+    }
+    Py_XDECREF(t1);
+    Py_DECREF(t0);
+    if (recorded == NULL) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    Py_DECREF(recorded);
+    return out;
+}
+
 static PyObject *
 Method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    PyObject *fn, *python, *record, *local;
+    PyObject *fn, *python, *record, *local, *origin = Py_None;
     const char *kind;
-    if (!PyArg_ParseTuple(args, "sOOOO:Method", &kind, &fn, &python, &record, &local))
+    if (!PyArg_ParseTuple(args, "sOOOO|O:Method", &kind, &fn, &python, &record, &local, &origin))
         return NULL;
-    int k = strcmp(kind, "step") == 0 ? METHOD_STEP : strcmp(kind, "get_lr") == 0 ? METHOD_GET_LR : -1;
+    int k = strcmp(kind, "step") == 0      ? METHOD_STEP
+            : strcmp(kind, "get_lr") == 0  ? METHOD_GET_LR
+            : strcmp(kind, "zero_grad") == 0 ? METHOD_ZERO_GRAD
+                                           : -1;
     if (k < 0) {
         PyErr_Format(PyExc_ValueError, "no compiled method %s", kind);
         return NULL;
@@ -1308,8 +1339,11 @@ Method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     m->python = Py_NewRef(python);
     m->record = Py_NewRef(record);
     m->local = Py_NewRef(local);
+    m->origin = Py_NewRef(origin);
     m->kind = k;
-    m->vectorcall = k == METHOD_STEP ? (vectorcallfunc)Method_step : (vectorcallfunc)Method_get_lr;
+    m->vectorcall = k == METHOD_STEP     ? (vectorcallfunc)Method_step
+                    : k == METHOD_GET_LR ? (vectorcallfunc)Method_get_lr
+                                         : (vectorcallfunc)Method_zero_grad;
     return (PyObject *)m;
 }
 
@@ -1341,6 +1375,7 @@ Method_traverse(Method *m, visitproc visit, void *arg)
     Py_VISIT(m->python);
     Py_VISIT(m->record);
     Py_VISIT(m->local);
+    Py_VISIT(m->origin);
     return 0;
 }
 
@@ -1351,6 +1386,7 @@ Method_clear(Method *m)
     Py_CLEAR(m->python);
     Py_CLEAR(m->record);
     Py_CLEAR(m->local);
+    Py_CLEAR(m->origin);
     return 0;
 }
 

@@ -76,10 +76,11 @@ def hook(sink: Any, name: str) -> Callable[..., None]:
     return forward
 
 
-def method(kind: str, fn: Callable, python: Callable, record: Any, local: Any) -> Callable:
-    """A scheduler class's patched ``step`` or ``get_lr``: compiled where it can be, with ``python`` (patching's
-    wrapper of ``fn``) as the reference it calls for unusual calls and whose attributes it shows.
-    ``record``: the scheduler_step hook (step) or the sink (get_lr)."""
+def method(kind: str, fn: Callable, python: Callable, record: Any, local: Any, origin: str | None = None) -> Callable:
+    """A scheduler class's patched ``step`` or ``get_lr``, or an optimizer's or module's ``zero_grad``
+    (``origin`` says which): compiled where it can be, with ``python`` (patching's wrapper of ``fn``) as
+    the reference it calls for unusual calls and whose attributes it shows. ``record``: the
+    scheduler_step or zero_grad hook, or the sink (get_lr)."""
     if _HOT is None:
         return python
-    return _HOT.Method(kind, fn, python, record, local)
+    return _HOT.Method(kind, fn, python, record, local, origin)

@@ -273,7 +273,7 @@ class Installation:
 
             zero_grad.__wrapped__ = fn
             zero_grad.__doc__ = fn.__doc__
-            return zero_grad
+            return hotpath.method("zero_grad", fn, zero_grad, record, local, origin)
 
         for cls in _subclasses(Optimizer):
             fn = cls.__dict__.get("zero_grad")
