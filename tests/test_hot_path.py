@@ -158,6 +158,43 @@ def test_compiled_callbacks_record_the_common_steps(tmp_path, monkeypatch):
     assert calls == {"optimizer_pre": 0, "optimizer_post": 0, "scheduler_step": 1, "zero_grad": 1}
 
 
+def test_compiled_path_reads_every_per_event_attribute_at_its_slot():
+    """Each attribute the compiled callbacks touch per event is a slot of its class (a field that lost
+    its slot would silently cost a dictionary lookup per event again)."""
+    if hotpath.IMPLEMENTATION != "compiled":
+        pytest.skip(hotpath.DESCRIPTION)
+    import lrdebug.record.recorder  # noqa: F401 - binds the extension
+    from lrdebug.record import _hot
+
+    assert _hot.slow_fields() == []
+
+
+def test_zero_grad_wrapper_keeps_the_calls_meaning(tmp_path):
+    """Under either hot path: zero_grad's signature and docstring are the original's, set_to_none=False is
+    recorded as in place, and an exception from zero_grad reaches the caller and records nothing."""
+    import inspect
+
+    import torch
+
+    class Failing(torch.optim.SGD):
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            raise RuntimeError("zero_grad failed")
+
+    model = torch.nn.Linear(2, 1)
+    opt, bad = torch.optim.SGD(model.parameters(), lr=0.1), Failing(model.parameters(), lr=0.1)
+    with lrdebug.trace(out=tmp_path / "t", summary=False):
+        assert "set_to_none" in inspect.signature(opt.zero_grad).parameters
+        assert opt.zero_grad.__doc__ == torch.optim.Optimizer.zero_grad.__doc__
+        opt.zero_grad()
+        opt.zero_grad(set_to_none=False)
+        model.zero_grad()
+        with pytest.raises(RuntimeError, match="zero_grad failed"):
+            bad.zero_grad()
+    zg = lrdebug.load(tmp_path / "t").query("event == 'zero_grad'")
+    assert zg.origin.tolist() == ["optimizer", "optimizer", "module"]
+    assert zg.value.fillna(0).tolist() == [0.0, 1.0, 0.0]
+
+
 def test_unusual_steps_are_handed_to_the_python_implementation(tmp_path, monkeypatch):
     if hotpath.IMPLEMENTATION != "compiled":
         pytest.skip(hotpath.DESCRIPTION)
