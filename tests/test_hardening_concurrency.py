@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import threading
 from pathlib import Path
@@ -266,3 +267,60 @@ def test_full_parts_stay_files_small_parts_merge(tmp_path):
     assert files[-1].name.count("-") == 2  # the small parts after the full one, merged at close
     assert sum(rows.values()) == total
     assert lrdebug.load(out, columns=["step"])["step"].tolist() == list(range(1, total + 1))
+
+
+def test_parts_merged_while_the_trace_is_read_are_read_once(tmp_path, monkeypatch):
+    """A trace still being written (the end-of-run summary reads the ranks as the last of them merges
+    its small parts): parts merged into one file after they were listed and before they were opened
+    are read from the merged file, every step once, by ``lrdebug.load`` and by the report."""
+    from lrdebug.report import Report
+    from lrdebug.tracefile import reader
+
+    p = torch.nn.Parameter(torch.zeros(()))
+    opt = torch.optim.SGD([p], lr=0.01)
+    p.grad = torch.ones(())
+    out = tmp_path / "trace"
+    with lrdebug.trace(opt, out=out, summary=False, ignore=["grads-not-cleared"]):
+        for _ in range(30):
+            opt.step()
+    [written] = (out / "rank=0").glob("part-*.parquet")
+    whole = pq.ParquetFile(written).read()
+    merged_bytes = written.read_bytes()
+    written.unlink()
+    merged = out / "rank=0" / "part-000000-000002.parquet"  # the name the writer gives three merged parts
+
+    def unmerge() -> list[Path]:
+        """The rank as its writer left it before the final merge: three small parts."""
+        merged.unlink(missing_ok=True)
+        small = []
+        for i in range(3):
+            small.append(out / "rank=0" / f"part-{i:06d}.parquet")
+            pq.write_table(whole.slice(10 * i, 10), small[-1])
+        return small
+
+    def merge(small: list[Path]) -> None:
+        """What the writer does: the merged file appears whole, then the small parts go."""
+        tmp = merged.parent / f".{merged.name}.tmp"
+        tmp.write_bytes(merged_bytes)
+        os.replace(tmp, merged)
+        for part in small:
+            part.unlink()
+
+    real = reader.find_parts
+    for read, expected in ((lambda: lrdebug.load(out, columns=["step"])["step"].tolist(), list(range(1, 31))),
+                           (lambda: Report(out).to_dict()["optimizers"][0]["steps"], 30)):
+        small = unmerge()
+        listings = []
+
+        def listed_then_merged(root, ranks=None):
+            parts = real(root, ranks)
+            listings.append([f.name for _, _, f in parts])
+            if len(listings) == 1:
+                merge(small)
+            return parts
+
+        monkeypatch.setattr(reader, "find_parts", listed_then_merged)
+        got = read()
+        monkeypatch.setattr(reader, "find_parts", real)
+        assert listings[0] == [f.name for f in small]  # the race happened: the small parts were listed
+        assert got == expected

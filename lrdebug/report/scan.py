@@ -83,7 +83,10 @@ class Summaries:
         self._pending: list[Scan] = []
         self._rank: int | None = None
 
-    def __call__(self, rank: int, part: Path, md: pq.FileMetaData) -> None:
+    def __call__(self, rank: int | None, part: Path | None, md: pq.FileMetaData | None) -> None:
+        if rank is None:  # the read starts over (``read_trace``)
+            self.merged, self.t_max, self._pending, self._rank = {}, {}, [], None
+            return
         tm = t_max_of(md)
         if tm is not None:
             self.t_max[rank] = max(self.t_max.get(rank, tm), tm)

@@ -163,14 +163,18 @@ def _actual(table, opt: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _positions_as_run(table, opt: int, sched: int) -> np.ndarray:
-    """Per optimizer step (ascending), how many times the scheduler had stepped (not counting its
-    constructor's step) before it."""
-    steps = table.filter(pc.and_(pc.and_(pc.equal(table["event"], OPTIMIZER_STEP), pc.equal(table["optimizer"], opt)),
-                                 pc.equal(pc.fill_null(table["group"], 0), 0))).sort_by("step")
+    """Per optimizer step (ascending, as ``_actual`` lists them), how many times the scheduler had
+    stepped (not counting its constructor's step) before it. A step recorded twice (a damaged or
+    duplicated part) counts once, at its first row."""
+    steps = table.filter(pc.and_(pc.equal(table["event"], OPTIMIZER_STEP), pc.equal(table["optimizer"], opt)))
     moves = table.filter(pc.and_(pc.equal(table["event"], SCHEDULER_STEP), pc.equal(table["scheduler"], sched)))
     moves = moves.filter(pc.invert(pc.fill_null(pc.equal(moves["origin"], ORIGIN_INIT), False)))
     before = np.sort(moves["seq"].to_numpy(zero_copy_only=False))
-    return np.searchsorted(before, steps["seq"].to_numpy(zero_copy_only=False))
+    step = steps["step"].to_numpy(zero_copy_only=False).astype(np.int64)
+    seq = steps["seq"].to_numpy(zero_copy_only=False)
+    order = np.lexsort((seq, step))
+    _, first = np.unique(step[order], return_index=True)
+    return np.searchsorted(before, seq[order][first])
 
 
 def _restored_steps(table, opt: int) -> int | None:

@@ -190,11 +190,17 @@ def _uniform(schema: pa.Schema, table: pa.Table | None = None) -> bool:
     return all(plain(f.type) == plain(SCHEMA.field(f.name).type) for f in schema if f.name in SCHEMA.names)
 
 
+READ_ATTEMPTS = 4  # readings of a trace whose writer is merging parts as it is read
+
+
 def read_trace(path: str | os.PathLike, columns: list[str] | None = None, ranks=None, on_part=None) -> Trace:
     """Read a trace directory; corrupt parts are skipped and named in ``Trace.skipped``.
 
     ``on_part(rank, path, footer)`` is called for each readable part in order (rank, then part), with
     its ``pyarrow.parquet.FileMetaData``: what a caller wants of the footers, without holding them all.
+    ``on_part(None, None, None)``: forget the parts seen so far, they come again. A trace still being
+    written (the summary at the end of a job, a report during a run) can lose listed parts to its
+    writer's merges before they are opened; the read then starts over from a fresh listing.
 
     ``ranks`` (an int, a list, or a spec like ``"0-3,8"``): only those partitions are listed and read.
     """
@@ -232,6 +238,33 @@ def read_trace(path: str | os.PathLike, columns: list[str] | None = None, ranks=
             trace.status[rank] = status
             if isinstance(status.get("meta"), dict):
                 trace.meta[rank] = status["meta"] = clean_meta(status["meta"])
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            tables = _read_parts(root, parts, wanted, trace, on_part, last=attempt == READ_ATTEMPTS - 1)
+            break
+        except _PartVanished:
+            # A live writer merged parts after they were listed (the merged part holds their rows):
+            # read again from a fresh listing rather than report a rank without them.
+            trace.parts, trace.skipped, trace.rows = [], [], 0
+            if on_part is not None:
+                on_part(None, None, None)
+            parts = find_parts(root, wanted_ranks)
+    if tables:
+        trace.table = pa.concat_tables(tables)
+    else:
+        trace.table = pa.schema([SCHEMA.field(c) for c in wanted]).empty_table()
+    if "rank" in wanted and "seq" in wanted and trace.table.num_rows:
+        trace.table = trace.table.sort_by([("rank", "ascending"), ("seq", "ascending")])
+    return trace
+
+
+class _PartVanished(Exception):
+    """A listed part was gone when it was opened."""
+
+
+def _read_parts(root: Path, parts, wanted: list[str], trace: Trace, on_part, last: bool) -> list[pa.Table]:
+    """The listed parts' tables (those with ``wanted`` columns), the footers noted in ``trace``.
+    Raises ``_PartVanished`` for a part deleted since it was listed, unless this is the ``last`` try."""
     tables = []
     seen: set[tuple] = set()
     for (rank, _, part), opened in zip(parts, _open_ahead([p for _, _, p in parts])):
@@ -243,6 +276,11 @@ def read_trace(path: str | os.PathLike, columns: list[str] | None = None, ranks=
             check_version(meta.get("schema_version", "1.0"), part)
         except TraceError:
             raise
+        except FileNotFoundError:
+            if not last:
+                raise _PartVanished(part) from None
+            trace.skipped.append(f"{part.relative_to(root)} (deleted while the trace was read)")
+            continue
         except Exception as exc:  # noqa: BLE001 - any unreadable part is skipped and named
             trace.skipped.append(f"{part.relative_to(root)} ({short_error(exc)})")
             continue
@@ -268,13 +306,7 @@ def read_trace(path: str | os.PathLike, columns: list[str] | None = None, ranks=
         tables.append(table)
         if rank not in trace.status or "meta" not in trace.status[rank]:
             trace.meta[rank] = meta  # later parts carry the fuller object registry
-    if tables:
-        trace.table = pa.concat_tables(tables)
-    else:
-        trace.table = pa.schema([SCHEMA.field(c) for c in wanted]).empty_table()
-    if "rank" in wanted and "seq" in wanted and trace.table.num_rows:
-        trace.table = trace.table.sort_by([("rank", "ascending"), ("seq", "ascending")])
-    return trace
+    return tables
 
 
 def _open_ahead(paths: list[Path], ahead: int = 8):
