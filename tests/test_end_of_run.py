@@ -9,6 +9,7 @@ on 2 CPU ranks with gloo. Then the waiting and the layout on hand-made traces.
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import json
 import os
@@ -82,7 +83,9 @@ def _summary_lines(stderr: str) -> list[str]:
     return block
 
 
+@functools.lru_cache(maxsize=None)
 def _report(trace: Path) -> dict:
+    """``lrdebug report --format json`` of a trace of the module fixture (asked by several tests)."""
     proc = run_lrdebug("report", str(trace), "--format", "json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
