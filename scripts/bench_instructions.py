@@ -129,7 +129,7 @@ def main(argv=None) -> int:
         print("valgrind not found: install it (Debian: apt-get install valgrind)")
         return 2
     if args.events:
-        return events(args.iters or 1000, args.impl)
+        return events(args.iters or 1000, args.impl, args.keep)
     jobs = [(loop, "plain", "python") for loop in args.loops]
     jobs += [(loop, v, impl) for loop in args.loops for v in VARIANTS[1:] for impl in args.impl]
     with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
@@ -149,13 +149,15 @@ def main(argv=None) -> int:
     return 0
 
 
-def events(iters: int, impls: list[str]) -> int:
+def events(iters: int, impls: list[str], keep: Path | None = None) -> int:
     """Per event, against the same call untraced: the recorder alone (every finding code ignored) and
     with the live checks, under each hot path."""
     jobs = [(event, groups, "plain", "python") for event, groups in EVENTS]
     jobs += [(event, groups, v, impl) for event, groups in EVENTS for v in VARIANTS[1:] for impl in impls]
     with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        futures = {job: pool.submit(count, f"{job[0]}-{job[1]}", job[2], iters, Path(tmp),
+        where = keep or Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        futures = {job: pool.submit(count, f"{job[0]}-{job[1]}", job[2], iters, where,
                                     EVENT.format(groups=job[1], event=job[0], variant=job[2], iters=iters,
                                                  warmup=50), impl=job[3])
                    for job in jobs}

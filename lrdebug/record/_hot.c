@@ -37,11 +37,11 @@ static long KIND_USER, KIND_INTERNAL;
 
 enum { SITE_OPTIMIZER = 1, SITE_SCHEDULER = 2, SITE_ZERO_GRAD = 3 };
 /* Per callback: how deep (from the innermost Python frame) the user's frame was at its last call. */
-static Py_ssize_t depth_hint[4];
+static Py_ssize_t depth_hint[4] = {-1, -1, -1, -1}; /* -1: none yet (0 is a depth: the innermost frame) */
 
 /* Interned attribute names. */
 static PyObject *s_param_groups, *s_lr, *s_params, *s_grad, *s_buffer_filled, *s_feed, *s_report_finding,
-    *s_checks_failed, *s_internal_error, *s_scaler_depth, *s_optimizer, *s_dict, *s_zero_grad, *s_optimizer_origin;
+    *s_checks_failed, *s_internal_error, *s_scaler_depth, *s_optimizer, *s_zero_grad, *s_optimizer_origin;
 
 /* What a compiled callback did. */
 enum { DONE = 0, DELEGATE = 1, FAILED = -1 };
@@ -404,6 +404,16 @@ fail:
     return NULL;
 }
 
+/* getattr(obj, name, None) as a new reference, NULL without an exception when obj has no such attribute. */
+static PyObject *
+optional_attr(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL && PyErr_ExceptionMatches(PyExc_AttributeError))
+        PyErr_Clear();
+    return v;
+}
+
 /* ------------------------------------------------------------------------------------ call sites */
 static PyObject *
 frame_at(Py_ssize_t depth)
@@ -473,7 +483,7 @@ call_site(int hint)
 {
     Py_ssize_t depth = depth_hint[hint];
     PyCodeObject *code = NULL;
-    if (depth) {
+    if (depth >= 0) {
         PyObject *f = frame_at(depth);
         if (f == NULL) {
             if (!PyErr_ExceptionMatches(PyExc_ValueError))
@@ -920,13 +930,12 @@ scheduler_step(PyObject *rec, PyObject *const *a)
     if (horizon == NULL)
         goto fail;
     if (horizon != Py_None) { /* the user may have resized the schedule: the Python implementation reads it */
-        PyObject *d = PyObject_GetAttr(sched, s_dict);
-        if (d == NULL)
+        PyObject *now = optional_attr(sched, PyTuple_GET_ITEM(horizon, 0));
+        if (now == NULL && PyErr_Occurred())
             goto fail;
-        PyObject *now = PyDict_GetItemWithError(d, PyTuple_GET_ITEM(horizon, 0));
         int same = now ? PyObject_RichCompareBool(now, PyTuple_GET_ITEM(horizon, 1), Py_EQ) : 0;
-        Py_DECREF(d);
-        if (same < 0 || (now == NULL && PyErr_Occurred()))
+        Py_XDECREF(now);
+        if (same < 0)
             goto fail;
         if (!same)
             goto out;
@@ -1191,15 +1200,14 @@ Method_step(Method *m, PyObject *const *args, size_t nargsf, PyObject *kwnames)
     if (nargs < 1 || !bound)
         return PyObject_Vectorcall(m->python, args, nargsf, kwnames);
     PyObject *sched = args[0];
-    PyObject *d = PyObject_GetAttr(sched, s_dict);
-    if (d == NULL) {
-        PyErr_Clear();
-        return PyObject_Vectorcall(m->python, args, nargsf, kwnames);
-    }
-    PyObject *count = PyDict_GetItemWithError(d, s_step_count);
+    /* Attributes are read with getattr, never through __dict__: reading that slows the scheduler's
+     * own methods on CPython 3.11-3.12 (objects.keep_attributes_fast). */
+    PyObject *count = optional_attr(sched, s_step_count);
+    if (count == NULL && PyErr_Occurred())
+        return NULL;
     int first = count ? PyObject_RichCompareBool(count, one, Py_EQ) : 0;
-    Py_DECREF(d);
-    if (first < 0 || (count == NULL && PyErr_Occurred()))
+    Py_XDECREF(count);
+    if (first < 0)
         return NULL;
     PyObject *stack = PyObject_GetAttr(m->local, s_sched_stack);
     if (stack == NULL)
@@ -1468,7 +1476,7 @@ bind(PyObject *module, PyObject *ns)
     if (bind_fields(ns) < 0)
         return NULL;
     for (int i = 0; i < 4; i++) {
-        depth_hint[i] = 0;
+        depth_hint[i] = -1;
         last_site[i].code = NULL;
     }
     bound = 1;
@@ -1522,7 +1530,6 @@ PyInit__hot(void)
     INTERN(s_internal_error, "_internal_error");
     INTERN(s_scaler_depth, "scaler_depth");
     INTERN(s_optimizer, "optimizer");
-    INTERN(s_dict, "__dict__");
     INTERN(s_zero_grad, "zero_grad");
     INTERN(s_optimizer_origin, "optimizer");
     INTERN(s_sched_stack, "sched_stack");

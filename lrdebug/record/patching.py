@@ -147,7 +147,7 @@ class Installation:
         def step(sched, *args, **kwargs):
             # PyTorch's order checks warn on the first step with stacklevel=2, which would name this
             # wrapper: on that step only, its warnings are re-issued at the caller's line.
-            first = sched.__dict__.get("_step_count") == 1
+            first = getattr(sched, "_step_count", None) == 1
             stack = local.sched_stack
             if stack and stack[-1] is sched:  # a subclass's step() calling super().step()
                 return _warn_at_caller(fn, sched, args, kwargs) if first else fn(sched, *args, **kwargs)
