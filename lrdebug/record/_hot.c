@@ -202,6 +202,26 @@ weak_target(PyObject *ref, PyObject **out)
     return 0;
 }
 
+/* Per registry (optimizers, schedulers): the last state found, held with its registry. A state whose
+ * object is alive is never replaced in its registry, so a hit whose state.ref() is obj is what the
+ * dictionary holds (and a dead object's address, reused, fails that check). */
+static struct {
+    PyObject *registry, *st; /* strong references */
+    PyObject *obj;           /* compared only */
+} last_state[2];
+
+static int
+is_state_of(PyObject *st, int ref_field, PyObject *obj)
+{
+    PyObject *ref = field_get(st, ref_field);
+    if (ref == NULL)
+        return -1;
+    PyObject *target;
+    int rc = weak_target(ref, &target);
+    Py_DECREF(ref);
+    return rc < 0 ? -1 : target == obj;
+}
+
 /* state = registry.get(id(obj)) with state.ref() is obj: a borrowed pointer, NULL when absent (no error).
  * ``registry``: F_REC_OPTS or F_REC_SCHEDS; ``ref``: the states' F_OPT_REF or F_SCHED_REF (0: not checked). */
 static PyObject *
@@ -210,6 +230,18 @@ lookup_state(PyObject *rec, int registry_field, PyObject *obj, int ref_field)
     PyObject *registry = field_get(rec, registry_field);
     if (registry == NULL)
         return NULL;
+    int slot = registry_field == F_REC_OPTS ? 0 : 1;
+    int own_ref = slot == 0 ? F_OPT_REF : F_SCHED_REF;
+    if (last_state[slot].registry == registry && last_state[slot].obj == obj) {
+        PyObject *st = last_state[slot].st;
+        int hit = is_state_of(st, own_ref, obj); /* cached states passed this check once: no error */
+        if (hit > 0) {
+            Py_DECREF(registry); /* the cache keeps it, and it the state */
+            return st;
+        }
+        if (hit < 0)
+            PyErr_Clear();
+    }
     PyObject *key = PyLong_FromVoidPtr(obj);
     if (key == NULL) {
         Py_DECREF(registry);
@@ -217,18 +249,31 @@ lookup_state(PyObject *rec, int registry_field, PyObject *obj, int ref_field)
     }
     PyObject *st = PyDict_GetItemWithError(registry, key);
     Py_DECREF(key);
+    if (st == NULL) {
+        Py_DECREF(registry);
+        return NULL;
+    }
+    int alive = is_state_of(st, own_ref, obj);
+    if (alive < 0) {
+        if (ref_field) {
+            Py_DECREF(registry);
+            return NULL;
+        }
+        PyErr_Clear(); /* not checked: the state as the dictionary holds it, not cached */
+        alive = 0;
+    }
+    if (alive) {
+        PyObject *old_registry = last_state[slot].registry, *old_st = last_state[slot].st;
+        last_state[slot].registry = Py_NewRef(registry);
+        last_state[slot].st = Py_NewRef(st);
+        last_state[slot].obj = obj;
+        Py_XDECREF(old_st); /* may free a closed recorder's states: after the cache is consistent */
+        Py_XDECREF(old_registry);
+    }
     Py_DECREF(registry); /* the recorder keeps the registry, and the registry the state */
-    if (st == NULL || !ref_field)
-        return st;
-    PyObject *ref = field_get(st, ref_field);
-    if (ref == NULL)
+    if (ref_field && !alive)
         return NULL;
-    PyObject *target;
-    int rc = weak_target(ref, &target);
-    Py_DECREF(ref);
-    if (rc < 0)
-        return NULL;
-    return target == obj ? st : NULL;
+    return st;
 }
 
 static int
