@@ -169,6 +169,36 @@ def test_compiled_path_reads_every_per_event_attribute_at_its_slot():
     assert _hot.slow_fields() == []
 
 
+def test_optimizers_at_a_reused_address_are_told_apart(tmp_path):
+    """Optimizers made and dropped one after another often get the address of the one before (the
+    compiled path keeps the last state it found per registry, checked by its weak reference): each is
+    recorded as its own optimizer with its own LR."""
+    import gc
+
+    import torch
+
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(40)]
+    for p in params:
+        p.grad = torch.ones(1)
+    addresses = []
+    with lrdebug.trace(out=tmp_path / "t", summary=False, ignore=["grads-not-cleared"]):
+        opt = None
+        for i, p in enumerate(params):
+            opt = None
+            gc.collect()
+            opt = torch.optim.SGD([p], lr=0.01 * (i + 1))
+            addresses.append(id(opt))
+            opt.step()
+            opt.step()
+    if len(set(addresses)) == len(addresses):
+        pytest.skip("no address was reused in this run")
+    steps = lrdebug.load(tmp_path / "t", columns=["event", "optimizer", "lr"])
+    steps = steps[steps.event == "optimizer_step"]
+    by_opt = steps.groupby("optimizer")["lr"].agg(list)
+    assert len(by_opt) == 40
+    assert [lrs for lrs in by_opt] == [[0.01 * (i + 1)] * 2 for i in range(40)]
+
+
 def test_zero_grad_wrapper_keeps_the_calls_meaning(tmp_path):
     """Under either hot path: zero_grad's signature and docstring are the original's, set_to_none=False is
     recorded as in place, and an exception from zero_grad reaches the caller and records nothing."""
