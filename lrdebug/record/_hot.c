@@ -222,47 +222,28 @@ is_state_of(PyObject *st, int ref_field, PyObject *obj)
     return rc < 0 ? -1 : target == obj;
 }
 
-/* state = registry.get(id(obj)) with state.ref() is obj: a borrowed pointer, NULL when absent (no error).
- * ``registry``: F_REC_OPTS or F_REC_SCHEDS; ``ref``: the states' F_OPT_REF or F_SCHED_REF (0: not checked). */
+/* state = registry.get(id(obj)), with state.ref() is obj when ``checked``: a borrowed pointer, NULL when
+ * absent (no error). ``registry``: F_REC_OPTS or F_REC_SCHEDS. */
 static PyObject *
-lookup_state(PyObject *rec, int registry_field, PyObject *obj, int ref_field)
+lookup_state(PyObject *rec, int registry_field, PyObject *obj, int checked)
 {
     PyObject *registry = field_get(rec, registry_field);
     if (registry == NULL)
         return NULL;
     int slot = registry_field == F_REC_OPTS ? 0 : 1;
-    int own_ref = slot == 0 ? F_OPT_REF : F_SCHED_REF;
+    int ref_field = slot == 0 ? F_OPT_REF : F_SCHED_REF;
     if (last_state[slot].registry == registry && last_state[slot].obj == obj) {
-        PyObject *st = last_state[slot].st;
-        int hit = is_state_of(st, own_ref, obj); /* cached states passed this check once: no error */
-        if (hit > 0) {
+        if (is_state_of(last_state[slot].st, ref_field, obj) > 0) {
             Py_DECREF(registry); /* the cache keeps it, and it the state */
-            return st;
+            return last_state[slot].st;
         }
-        if (hit < 0)
-            PyErr_Clear();
+        PyErr_Clear(); /* a cached state passed this check once: an error here is no reason to fail */
     }
     PyObject *key = PyLong_FromVoidPtr(obj);
-    if (key == NULL) {
-        Py_DECREF(registry);
-        return NULL;
-    }
-    PyObject *st = PyDict_GetItemWithError(registry, key);
-    Py_DECREF(key);
-    if (st == NULL) {
-        Py_DECREF(registry);
-        return NULL;
-    }
-    int alive = is_state_of(st, own_ref, obj);
-    if (alive < 0) {
-        if (ref_field) {
-            Py_DECREF(registry);
-            return NULL;
-        }
-        PyErr_Clear(); /* not checked: the state as the dictionary holds it, not cached */
-        alive = 0;
-    }
-    if (alive) {
+    PyObject *st = key ? PyDict_GetItemWithError(registry, key) : NULL;
+    Py_XDECREF(key);
+    int alive = st ? is_state_of(st, ref_field, obj) : 0;
+    if (alive > 0) {
         PyObject *old_registry = last_state[slot].registry, *old_st = last_state[slot].st;
         last_state[slot].registry = Py_NewRef(registry);
         last_state[slot].st = Py_NewRef(st);
@@ -271,9 +252,12 @@ lookup_state(PyObject *rec, int registry_field, PyObject *obj, int ref_field)
         Py_XDECREF(old_registry);
     }
     Py_DECREF(registry); /* the recorder keeps the registry, and the registry the state */
-    if (ref_field && !alive)
-        return NULL;
-    return st;
+    if (!checked) {
+        if (alive < 0)
+            PyErr_Clear(); /* not checked: the state as the dictionary holds it */
+        return st;
+    }
+    return alive > 0 ? st : NULL;
 }
 
 static int
@@ -696,7 +680,7 @@ static int
 optimizer_pre(PyObject *rec, PyObject *const *a)
 {
     PyObject *opt = a[0], *args = a[1], *kwargs = a[2];
-    PyObject *st = lookup_state(rec, F_REC_OPTS, opt, F_OPT_REF);
+    PyObject *st = lookup_state(rec, F_REC_OPTS, opt, 1);
     if (st == NULL)
         return PyErr_Occurred() ? recording_failed(rec, "optimizer_pre") : DELEGATE;
     Py_INCREF(st);
@@ -935,7 +919,7 @@ static int
 scheduler_step(PyObject *rec, PyObject *const *a)
 {
     PyObject *sched = a[0], *t0 = a[1], *t1 = a[2], *parent = a[3], *in_init = a[4], *metric = a[5];
-    PyObject *st = lookup_state(rec, F_REC_SCHEDS, sched, F_SCHED_REF);
+    PyObject *st = lookup_state(rec, F_REC_SCHEDS, sched, 1);
     if (st == NULL)
         return PyErr_Occurred() ? recording_failed(rec, "scheduler_step") : DELEGATE;
     Py_INCREF(st);
@@ -1047,7 +1031,7 @@ zero_grad(PyObject *rec, PyObject *const *a, Py_ssize_t nargs)
     Py_INCREF(index);
     int optimizer = PyUnicode_Check(origin) && PyUnicode_Compare(origin, s_optimizer_origin) == 0;
     if (optimizer) {
-        PyObject *st = lookup_state(rec, F_REC_OPTS, obj, F_OPT_REF);
+        PyObject *st = lookup_state(rec, F_REC_OPTS, obj, 1);
         if (st == NULL) {
             rc = PyErr_Occurred() ? recording_failed(rec, "zero_grad") : DELEGATE;
             goto out;
