@@ -222,19 +222,16 @@ def _rank_story(d: dict[str, Any]):
     yield Text("\n").join(lines)
     st = d.get("stragglers")
     if st and len(d["ranks"]) > 1:
-        table = Table(title=f"Slowest ranks by optimizer step time (of {st['ranks']}; median rank: step p50 "
-                            f"{_ms(st['median_rank']['dur_ns_p50'])})", title_justify="left")
+        title = (f"Slowest ranks by optimizer step time (of {st['ranks']}; median rank: step p50 "
+                 f"{fmt_ns(st['median_rank']['dur_ns_p50'])})")
+        table = Table(title=title, title_justify="left", min_width=len(title))  # the title on one line
         for col in ("Rank", "step p50", "step p95", "data wait p50", "data wait p95"):
             table.add_column(col, justify="right")
         for e in st["slowest"]:
             w = e.get("data_wait_ns") or {}
-            table.add_row(str(e["rank"]), _ms(e["dur_ns"]["p50"]), _ms(e["dur_ns"]["p95"]),
-                          _ms(w.get("p50")), _ms(w.get("p95")))
+            table.add_row(str(e["rank"]), fmt_ns(e["dur_ns"]["p50"]), fmt_ns(e["dur_ns"]["p95"]),
+                          fmt_ns(w.get("p50")), fmt_ns(w.get("p95")))
         yield table
-
-
-def _ms(ns) -> str:
-    return "—" if ns is None else f"{ns / 1e6:.3g} ms"
 
 
 def _ranks_table(d: dict[str, Any]) -> Table:
