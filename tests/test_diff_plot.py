@@ -122,7 +122,7 @@ def test_dist_is_exact_when_small_and_within_a_percent_when_large(monkeypatch):
     exact = Dist()
     for chunk in np.array_split(values, 7):
         exact.add(chunk)
-    assert exact.quantile(0.5) == np.quantile(values, 0.5) and exact.max == values.max()
+    assert exact.quantile(0.5) == np.quantile(values, 0.5, method="inverted_cdf") and exact.max == values.max()
     monkeypatch.setattr(Dist, "EXACT", 1000)
     approx = Dist()
     for chunk in np.array_split(values, 7):
@@ -178,7 +178,7 @@ def test_summary_of_a_synthetic_multi_part_trace_matches_pandas(tmp_path):
     assert report.epoch_steps(0)[:3] == [0, 700, 1400]
     first = steps[steps.group == 0]
     t = d["timing"]["optimizers"][0]
-    assert t["iter_ns"]["p95"] == pytest.approx(first.iter_ns.astype(float).quantile(0.95))
+    assert t["iter_ns"]["p95"] == pytest.approx(np.quantile(first.iter_ns.dropna().astype(float), 0.95, method="inverted_cdf"))
     assert t["data_wait_ns"]["max"] == first.data_wait_ns.max()
     assert [s["step"] for s in t["slowest"]] == first.sort_values("iter_ns", ascending=False).step.head(5).tolist()
 
